@@ -1,0 +1,383 @@
+//! The Falcon-H1 hybrid model, written once over [`Backend`]: every layer runs attention and the
+//! Mamba-2 mixer side by side on the same normed input, then the SwiGLU MLP.
+
+use super::backend::{AttnShape, Backend, MambaParams, SsdShape};
+use super::batch::SeqBatch;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+use crate::weights::FoldedWeights;
+
+/// One decoder layer's weights on the backend (multipliers already folded in).
+struct Layer<B: Backend> {
+    input_layernorm: B::Weight,
+    pre_ff_layernorm: B::Weight,
+    q_proj: B::Weight,
+    k_proj: B::Weight,
+    v_proj: B::Weight,
+    o_proj: B::Weight,
+    in_proj: B::Weight,
+    conv_weight: B::Weight,
+    conv_bias: Option<B::Weight>,
+    dt_bias: B::Weight,
+    a_log: B::Weight,
+    d: B::Weight,
+    norm: Option<B::Weight>,
+    out_proj: B::Weight,
+    gate_proj: B::Weight,
+    up_proj: B::Weight,
+    down_proj: B::Weight,
+}
+
+/// One layer's cache: the KV cache plus the Mamba conv and SSM states, for every slot.
+pub struct LayerCache<B: Backend> {
+    /// Keys and values.
+    pub kv: B::KvCache,
+    /// Conv state `[C, K-1]` per slot: the last K-1 pre-conv xBC rows.
+    pub conv: B::State,
+    /// SSM state `[H, P, N]` per slot, f32.
+    pub ssm: B::State,
+}
+
+/// The hybrid cache for a set of slots (KV + conv state + SSM state per layer), with the number of
+/// tokens each slot has seen.
+pub struct HybridCache<B: Backend> {
+    /// Per-layer caches.
+    pub layers: Vec<LayerCache<B>>,
+    seq_lens: Vec<usize>,
+    capacity: usize,
+}
+
+impl<B: Backend> HybridCache<B> {
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.seq_lens.len()
+    }
+    /// Tokens seen by `slot` so far.
+    pub fn seq_len(&self, slot: usize) -> usize {
+        self.seq_lens.get(slot).copied().unwrap_or(0)
+    }
+    /// Most tokens one slot may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// Which logits a forward returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every new token's logits: `[total_tokens, V]`.
+    All,
+    /// The last new token of each sequence: `[num_seqs, V]`.
+    Last,
+    /// None (a chunk of a long prefill whose logits nobody reads).
+    None,
+}
+
+/// What a forward returns, on the host.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// Logits as asked by [`Logits`], `[rows, V]`, or `None`.
+    pub logits: Option<HostTensor>,
+    /// With `hidden_states`: the output of every layer, `[total_tokens, d]` each.
+    pub hidden_states: Vec<HostTensor>,
+}
+
+/// A Falcon-H1 model on backend `B`.
+pub struct HybridModel<B: Backend> {
+    cfg: Config,
+    backend: B,
+    embed_tokens: B::Weight,
+    final_layernorm: B::Weight,
+    lm_head: B::Weight,
+    layers: Vec<Layer<B>>,
+}
+
+impl<B: Backend> HybridModel<B> {
+    /// Moves folded weights onto the backend.
+    pub fn new(backend: B, cfg: Config, weights: &FoldedWeights) -> Result<Self> {
+        cfg.validate()?;
+        let w = &**weights;
+        if w.layers.len() != cfg.num_hidden_layers {
+            return Err(Error::invalid(format!(
+                "weights hold {} layers, config says {}",
+                w.layers.len(),
+                cfg.num_hidden_layers
+            )));
+        }
+        let up = |t: &HostTensor| backend.weight(t);
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            layers.push(Layer {
+                input_layernorm: up(&l.input_layernorm)?,
+                pre_ff_layernorm: up(&l.pre_ff_layernorm)?,
+                q_proj: up(&l.q_proj)?,
+                k_proj: up(&l.k_proj)?,
+                v_proj: up(&l.v_proj)?,
+                o_proj: up(&l.o_proj)?,
+                in_proj: up(&l.in_proj)?,
+                conv_weight: up(&l.conv_weight)?,
+                conv_bias: l.conv_bias.as_ref().map(up).transpose()?,
+                dt_bias: up(&l.dt_bias)?,
+                a_log: up(&l.a_log)?,
+                d: up(&l.d)?,
+                norm: l.norm.as_ref().map(up).transpose()?,
+                out_proj: up(&l.out_proj)?,
+                gate_proj: up(&l.gate_proj)?,
+                up_proj: up(&l.up_proj)?,
+                down_proj: up(&l.down_proj)?,
+            });
+        }
+        Ok(Self {
+            embed_tokens: up(&w.embed_tokens)?,
+            final_layernorm: up(&w.final_layernorm)?,
+            lm_head: up(&w.lm_head)?,
+            layers,
+            cfg,
+            backend,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_heads: self.cfg.num_attention_heads,
+            n_kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    fn ssd_shape(&self) -> SsdShape {
+        let (lo, hi) = self.cfg.time_step_limit;
+        SsdShape {
+            heads: self.cfg.mamba_n_heads,
+            head_dim: self.cfg.mamba_d_head,
+            groups: self.cfg.mamba_n_groups,
+            state: self.cfg.mamba_d_state,
+            chunk_size: self.cfg.mamba_chunk_size,
+            dt_limit: (lo as f32, hi as f32),
+        }
+    }
+
+    /// An empty cache of `slots` sequences holding at most `capacity` tokens each.
+    pub fn new_cache(&self, slots: usize, capacity: usize) -> Result<HybridCache<B>> {
+        if slots == 0 || capacity == 0 {
+            return Err(Error::invalid(format!(
+                "cache needs at least one slot and one token (asked {slots} slots, capacity {capacity})"
+            )));
+        }
+        let c = &self.cfg;
+        let conv_width = c.conv_dim() * (c.mamba_d_conv - 1);
+        let ssm_width = c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state;
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| {
+                Ok(LayerCache {
+                    kv: self
+                        .backend
+                        .new_kv_cache(slots, capacity, self.attn_shape())?,
+                    conv: self.backend.new_state(slots, conv_width)?,
+                    ssm: self.backend.new_state(slots, ssm_width)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(HybridCache {
+            layers,
+            seq_lens: vec![0; slots],
+            capacity,
+        })
+    }
+
+    /// Runs `tokens[i]` as the continuation of the sequence in cache slot `slots[i]` (a prefill when
+    /// the slot is empty, a decode step for one token, a chunk of a long prefill otherwise), all in
+    /// one packed batch. The cache grows by every token. Sequences may have different lengths.
+    pub fn forward(
+        &self,
+        tokens: &[&[u32]],
+        slots: &[usize],
+        cache: &mut HybridCache<B>,
+        logits: Logits,
+        hidden_states: bool,
+    ) -> Result<ForwardOutput> {
+        if tokens.len() != slots.len() {
+            return Err(Error::invalid(format!(
+                "forward: {} token lists for {} slots",
+                tokens.len(),
+                slots.len()
+            )));
+        }
+        for &s in slots {
+            if s >= cache.slots() {
+                return Err(Error::invalid(format!(
+                    "forward: slot {s} out of range for a cache of {} slots",
+                    cache.slots()
+                )));
+            }
+        }
+        let batch = SeqBatch::new(
+            slots.to_vec(),
+            tokens.iter().map(|t| t.len()).collect(),
+            slots.iter().map(|&s| cache.seq_lens[s]).collect(),
+        )?;
+        for (i, &s) in slots.iter().enumerate() {
+            if batch.starts[i] + batch.lens[i] > cache.capacity {
+                return Err(Error::invalid(format!(
+                    "cache capacity exceeded: slot {s} holds {} tokens and {} more would pass its capacity of {}",
+                    batch.starts[i], batch.lens[i], cache.capacity
+                )));
+            }
+            if batch.starts[i] == 0 {
+                // A fresh sequence in a reused slot starts from zero states.
+                for lc in cache.layers.iter_mut() {
+                    self.backend.reset_state(&mut lc.conv, s)?;
+                    self.backend.reset_state(&mut lc.ssm, s)?;
+                }
+            }
+        }
+        let ids: Vec<u32> = tokens.concat();
+        let vocab = self.cfg.vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is out of range for a vocabulary of {vocab}"
+            )));
+        }
+        let be = &self.backend;
+        let mut h = be.embedding(&self.embed_tokens, &ids)?;
+        let positions = batch.positions();
+        let mut hidden = Vec::new();
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            self.layer_forward(layer, lc, &mut h, &batch, &positions)?;
+            if hidden_states {
+                hidden.push(be.to_host(&h)?);
+            }
+        }
+        for (i, &s) in slots.iter().enumerate() {
+            cache.seq_lens[s] += batch.lens[i];
+        }
+        let logits = match logits {
+            Logits::None => None,
+            mode => {
+                let h = if mode == Logits::Last {
+                    be.select_rows(&h, &batch.last_rows())?
+                } else {
+                    h
+                };
+                let n = be.rms_norm(&h, &self.final_layernorm, self.cfg.rms_norm_eps as f32)?;
+                Some(be.to_host(&be.linear(&n, &self.lm_head)?)?)
+            }
+        };
+        Ok(ForwardOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    fn layer_forward(
+        &self,
+        l: &Layer<B>,
+        lc: &mut LayerCache<B>,
+        h: &mut B::Tensor,
+        batch: &SeqBatch,
+        positions: &[usize],
+    ) -> Result<()> {
+        let be = &self.backend;
+        let c = &self.cfg;
+        let eps = c.rms_norm_eps as f32;
+        let n = be.rms_norm(h, &l.input_layernorm, eps)?;
+
+        // Mamba-2 branch. in_proj rows: [z | xBC | dt]; the multipliers are in the weights.
+        let ds = c.mamba_d_ssm;
+        let gn = c.mamba_n_groups * c.mamba_d_state;
+        let proj = be.linear(&n, &l.in_proj)?;
+        let mut parts = be.split_cols(&proj, &[ds, c.conv_dim(), c.mamba_n_heads])?;
+        let dt = parts.pop().expect("three parts");
+        let xbc = parts.pop().expect("three parts");
+        let z = parts.pop().expect("three parts");
+        let xbc = be.conv1d_silu(
+            &xbc,
+            &l.conv_weight,
+            l.conv_bias.as_ref(),
+            &mut lc.conv,
+            batch,
+            c.mamba_d_conv,
+        )?;
+        let mut xbc_parts = be.split_cols(&xbc, &[ds, gn, gn])?;
+        let cm = xbc_parts.pop().expect("three parts");
+        let bm = xbc_parts.pop().expect("three parts");
+        let x = xbc_parts.pop().expect("three parts");
+        let params = MambaParams {
+            dt_bias: &l.dt_bias,
+            a_log: &l.a_log,
+            d: &l.d,
+        };
+        let y = be.ssd(
+            &x,
+            &dt,
+            &bm,
+            &cm,
+            params,
+            &mut lc.ssm,
+            batch,
+            self.ssd_shape(),
+        )?;
+        let y = be.gate_output(
+            &y,
+            &z,
+            l.norm.as_ref(),
+            c.mamba_n_groups,
+            eps,
+            c.mamba_norm_before_gate,
+        )?;
+        let mamba_out = be.linear(&y, &l.out_proj)?;
+
+        // Attention branch on the same normed input.
+        let shape = self.attn_shape();
+        let mut q = be.linear(&n, &l.q_proj)?;
+        let mut k = be.linear(&n, &l.k_proj)?;
+        let v = be.linear(&n, &l.v_proj)?;
+        be.rope(
+            &mut q,
+            positions,
+            shape.n_heads,
+            shape.head_dim,
+            c.rope_theta,
+        )?;
+        be.rope(
+            &mut k,
+            positions,
+            shape.n_kv_heads,
+            shape.head_dim,
+            c.rope_theta,
+        )?;
+        let attn = be.attention(&q, &k, &v, &mut lc.kv, batch, shape)?;
+        let attn_out = be.linear(&attn, &l.o_proj)?;
+
+        be.add_assign(h, &mamba_out)?;
+        be.add_assign(h, &attn_out)?;
+
+        // SwiGLU MLP.
+        let n2 = be.rms_norm(h, &l.pre_ff_layernorm, eps)?;
+        let gate = be.linear(&n2, &l.gate_proj)?;
+        let up = be.linear(&n2, &l.up_proj)?;
+        let act = be.swiglu(&gate, &up)?;
+        let down = be.linear(&act, &l.down_proj)?;
+        be.add_assign(h, &down)
+    }
+
+    /// One forward over whole prompts in a fresh cache; returns every token's logits
+    /// (`[sum of lengths, V]`, prompt after prompt) and, when asked, every layer's output.
+    pub fn prefill_all(&self, prompts: &[&[u32]], hidden_states: bool) -> Result<ForwardOutput> {
+        let cap = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
+        let mut cache = self.new_cache(prompts.len().max(1), cap)?;
+        let slots: Vec<usize> = (0..prompts.len()).collect();
+        self.forward(prompts, &slots, &mut cache, Logits::All, hidden_states)
+    }
+}
