@@ -310,9 +310,23 @@ impl Config {
     }
 
     fn parse(s: &str, origin: &str) -> Result<Config> {
-        let raw: RawConfig = serde_json::from_str(s).map_err(|e| Error::ConfigParse {
+        let parse_err = |message: String| Error::ConfigParse {
             path: origin.into(),
-            message: e.to_string(),
+            message,
+        };
+        let value: Value = serde_json::from_str(s).map_err(|e| parse_err(e.to_string()))?;
+        let raw: RawConfig = serde_json::from_value(value.clone()).map_err(|e| {
+            // serde does not say which key held the bad value: find it by parsing each key alone.
+            let culprit = value.as_object().and_then(|obj| {
+                obj.iter().find(|(k, v)| {
+                    let one = serde_json::json!({ (*k).clone(): (*v).clone() });
+                    serde_json::from_value::<RawConfig>(one).is_err()
+                })
+            });
+            match culprit {
+                Some((k, v)) => parse_err(format!("field `{k}`: {e} (found {v})")),
+                None => parse_err(e.to_string()),
+            }
         })?;
         let cfg = raw.resolve()?;
         cfg.validate()?;
