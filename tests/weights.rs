@@ -137,7 +137,7 @@ fn encode(dtype: Dtype, data: &[f32]) -> Vec<u8> {
     }
 }
 
-fn write(path: &PathBuf, items: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, dtype: Dtype) {
+fn write(path: &std::path::Path, items: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, dtype: Dtype) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = items
         .iter()
         .map(|(n, (s, d))| (n.clone(), s.clone(), encode(dtype, d)))
