@@ -7,15 +7,22 @@
 //! #includes every kernels/*.cu and is compiled once; each .cu keeps its helpers in an anonymous
 //! namespace and its kernels under unique `extern "C"` names, so they coexist.
 
-use std::env;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[cfg(feature = "cuda")]
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        return;
-    }
+    #[cfg(feature = "cuda")]
+    build_cuda();
+}
+
+/// nvcc on the unity file, then bindgen on params.h.
+#[cfg(feature = "cuda")]
+fn build_cuda() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let kernels = manifest.join("kernels");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
@@ -99,6 +106,7 @@ fn main() {
         .expect("write params.rs");
 }
 
+#[cfg(feature = "cuda")]
 /// nvcc from `NVCC`, then `CUDA_HOME/bin`, then `PATH`; a clear failure naming all three.
 fn find_nvcc() -> PathBuf {
     if let Some(p) = env::var_os("NVCC") {
@@ -129,6 +137,7 @@ fn find_nvcc() -> PathBuf {
     );
 }
 
+#[cfg(feature = "cuda")]
 /// ptxas -v prints, per kernel and target, "N bytes spill stores"; any spill is worth a warning.
 fn report_spills(log: &str) {
     let mut function = String::new();
