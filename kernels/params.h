@@ -10,6 +10,13 @@
 #pragma once
 #include <stdint.h>
 
+// The Mamba-2 families keep their struct in a header of their own, included here so that this file
+// stays the one entry point for the kernels and for bindgen.
+#include "params_conv1d.h"
+#include "params_gated_norm.h"
+#include "params_ssd.h"
+#include "params_ssm_update.h"
+
 // RMSNorm over rows, with an optional fused residual add:
 //   with residual: residual[r] += x[r] (written back), out[r] = rmsnorm(residual[r]) * weight
 //   without:       out[r] = rmsnorm(x[r]) * weight

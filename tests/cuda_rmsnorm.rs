@@ -1,115 +1,174 @@
 //! The first CUDA kernel, RMSNorm (optionally with the fused residual add), against the CPU
-//! reference on awkward sizes, f32 / bf16 / f16. Built only with `--features cuda`; needs a GPU
-//! (it fails, saying so, where there is none). Outputs are poisoned with NaN before each launch.
+//! reference on awkward sizes in f32, bf16 and f16. Built only with `--features cuda` and meant
+//! for a GPU machine: where there is no GPU or driver every test here fails, saying so.
+//! Outputs are poisoned with NaN before each launch, so an element the kernel skips is caught.
 
 #![cfg(feature = "cuda")]
 
 use falcon_h1_kernels::cpu;
 use falcon_h1_kernels::cuda::{Gpu, GpuDtype};
-use falcon_h1_kernels::tensor::{max_abs_diff, rel_l2};
+use falcon_h1_kernels::tensor::rel_l2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+const ROWS: [usize; 3] = [1, 3, 129];
+/// Odd widths take the kernel's scalar path, the others its 16-byte path; 12289 is wider than
+/// one pass of the largest block.
+const COLS: [usize; 7] = [1, 7, 64, 1000, 3072, 5120, 12289];
+const EPS: f32 = 1e-5;
+
 fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"))
+    Gpu::new(0).unwrap_or_else(|e| {
+        panic!("tests/cuda_rmsnorm.rs needs a CUDA GPU and its driver, and found none: {e}")
+    })
 }
 
-fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+/// Draws values, rounded to `T` so that the CPU reference sees exactly what the kernel sees.
+fn draw<T: GpuDtype>(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| T::from_f32(rng.random_range(-scale..scale)).to_f32())
+        .collect()
 }
 
-/// Values as the kernel sees them: rounded to T.
-fn round<T: GpuDtype>(v: &[f32]) -> Vec<T> {
+fn to_t<T: GpuDtype>(v: &[f32]) -> Vec<T> {
     v.iter().map(|&x| T::from_f32(x)).collect()
 }
 
-fn back<T: GpuDtype>(v: &[T]) -> Vec<f32> {
+fn to_f32<T: GpuDtype>(v: &[T]) -> Vec<f32> {
     v.iter().map(|&x| x.to_f32()).collect()
+}
+
+/// Compares `got` with `want [rows, cols]`, prints max / mean error, the worst element and the
+/// NaN count, and fails on any NaN or a relative L2 error of `tol` or more.
+fn compare(what: &str, got: &[f32], want: &[f32], cols: usize, tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let nans = got.iter().filter(|v| !v.is_finite()).count();
+    let (mut worst, mut at, mut sum) = (0f64, 0usize, 0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w as f64).abs();
+        sum += d;
+        if d > worst || d.is_nan() {
+            (worst, at) = (d, i);
+        }
+    }
+    let e = rel_l2(got, want);
+    println!(
+        "{what}: rel L2 {e:.2e}, max abs {worst:.2e} at [{}, {}] (got {}, want {}), mean abs {:.2e}, \
+         non-finite {nans}",
+        at / cols,
+        at % cols,
+        got[at],
+        want[at],
+        sum / got.len() as f64
+    );
+    assert_eq!(nans, 0, "{what}: {nans} non-finite outputs");
+    assert!(
+        e < tol,
+        "{what}: rel L2 {e:.3e} >= {tol:.0e}; worst at [{}, {}]: got {}, want {}",
+        at / cols,
+        at % cols,
+        got[at],
+        want[at]
+    );
 }
 
 fn check<T: GpuDtype>(g: &Gpu, rows: usize, cols: usize, with_residual: bool, tol: f64, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    // Falcon-H1 activations are large (norms near 900): draw a wide range.
-    let x = back(&round::<T>(&rand_vec(&mut rng, rows * cols, 30.0)));
-    let w = back(&round::<T>(&rand_vec(&mut rng, cols, 2.0)));
-    let r0 = back(&round::<T>(&rand_vec(&mut rng, rows * cols, 30.0)));
-    let eps = 1e-5;
+    // Falcon-H1's residual stream is large (row norms in the hundreds): draw a wide range.
+    let x = draw::<T>(&mut rng, rows * cols, 30.0);
+    let w = draw::<T>(&mut rng, cols, 2.0);
+    let r0 = draw::<T>(&mut rng, rows * cols, 30.0);
 
-    let (want, want_res) = if with_residual {
-        let mut r = r0.clone();
-        let y = cpu::add_rms_norm(&mut r, &x, &w, eps).unwrap();
-        (y, Some(r))
+    let mut want_res = r0.clone();
+    let want = if with_residual {
+        cpu::add_rms_norm(&mut want_res, &x, &w, EPS).unwrap()
     } else {
-        (cpu::rms_norm(&x, &w, eps).unwrap(), None)
+        cpu::rms_norm(&x, &w, EPS).unwrap()
     };
 
-    let dx = g.upload(&round::<T>(&x)).unwrap();
-    let dw = g.upload(&round::<T>(&w)).unwrap();
+    let dx = g.upload(&to_t::<T>(&x)).unwrap();
+    let dw = g.upload(&to_t::<T>(&w)).unwrap();
+    let mut dres = g.upload(&to_t::<T>(&r0)).unwrap();
     let mut dout = g.upload(&vec![T::from_f32(f32::NAN); rows * cols]).unwrap();
-    let mut dres = g.upload(&round::<T>(&r0)).unwrap();
-    g.rms_norm(
+    g.rms_norm_into(
         &dx,
         &dw,
         with_residual.then_some(&mut dres),
         &mut dout,
         rows,
         cols,
-        eps,
+        EPS,
     )
     .unwrap();
-    let got = back(&g.download(&dout).unwrap());
-    let nans = got.iter().filter(|v| v.is_nan()).count();
-    let e = rel_l2(&got, &want);
-    let (m, at) = max_abs_diff(&got, &want);
-    println!(
-        "rms_norm_{} rows {rows} cols {cols} residual {with_residual}: rel L2 {e:.3e}, max abs {m:.3e} at {at}, NaN {nans}",
-        T::SUFFIX
+    g.synchronize().unwrap();
+    let what = format!(
+        "rms_norm_{} [{rows}, {cols}]{}",
+        T::SUFFIX,
+        if with_residual { " + residual" } else { "" }
     );
-    assert_eq!(nans, 0);
-    assert!(e < tol, "rel L2 {e:.3e} >= {tol:.0e}");
-    if let Some(wr) = want_res {
-        let gr = back(&g.download(&dres).unwrap());
-        let e = rel_l2(&gr, &wr);
-        assert!(e < tol, "residual sum: rel L2 {e:.3e}");
+    compare(
+        &what,
+        &to_f32(&g.download(&dout).unwrap()),
+        &want,
+        cols,
+        tol,
+    );
+    // The residual buffer is the sum when fused, and untouched otherwise.
+    let res = to_f32(&g.download(&dres).unwrap());
+    if with_residual {
+        compare(&format!("{what}: residual sum"), &res, &want_res, cols, tol);
+    } else {
+        assert_eq!(res, r0, "{what}: residual changed without the fused add");
     }
 }
 
-const SIZES: [(usize, usize); 8] = [
-    (1, 1),
-    (1, 7),
-    (3, 64),
-    (129, 1000),
-    (3, 1024),
-    (17, 3072),
-    (5, 5120),
-    (2, 12289),
-];
+fn sweep<T: GpuDtype>(tol: f64) {
+    let g = gpu();
+    let mut seed = 0;
+    for &rows in &ROWS {
+        for &cols in &COLS {
+            for with_residual in [false, true] {
+                seed += 1;
+                check::<T>(&g, rows, cols, with_residual, tol, seed);
+            }
+        }
+    }
+}
 
 #[test]
 fn rms_norm_f32_matches_cpu() {
-    let g = gpu();
-    for (i, &(r, c)) in SIZES.iter().enumerate() {
-        check::<f32>(&g, r, c, false, 1e-5, i as u64);
-        check::<f32>(&g, r, c, true, 1e-5, 100 + i as u64);
-    }
+    sweep::<f32>(1e-5);
 }
 
 #[test]
 fn rms_norm_bf16_matches_cpu() {
-    let g = gpu();
-    for (i, &(r, c)) in SIZES.iter().enumerate() {
-        check::<half::bf16>(&g, r, c, false, 1e-2, i as u64);
-        check::<half::bf16>(&g, r, c, true, 1e-2, 200 + i as u64);
-    }
+    sweep::<half::bf16>(1e-2);
 }
 
 #[test]
 fn rms_norm_f16_matches_cpu() {
+    // f16 has 3 more mantissa bits than bf16; its values here stay far from its range limits.
+    sweep::<half::f16>(2e-3);
+}
+
+/// The allocating launcher gives the same result as the one writing into a buffer.
+#[test]
+fn rms_norm_allocating_matches_into() {
     let g = gpu();
-    for (i, &(r, c)) in SIZES.iter().enumerate() {
-        check::<half::f16>(&g, r, c, false, 1e-2, i as u64);
-        check::<half::f16>(&g, r, c, true, 1e-2, 300 + i as u64);
-    }
+    let (rows, cols) = (5, 3072);
+    let mut rng = StdRng::seed_from_u64(7);
+    let x = draw::<half::bf16>(&mut rng, rows * cols, 30.0);
+    let w = draw::<half::bf16>(&mut rng, cols, 2.0);
+    let dx = g.upload(&to_t::<half::bf16>(&x)).unwrap();
+    let dw = g.upload(&to_t::<half::bf16>(&w)).unwrap();
+    let a = g.rms_norm(&dx, &dw, None, rows, cols, EPS).unwrap();
+    let mut b = g.upload(&vec![half::bf16::NAN; rows * cols]).unwrap();
+    g.rms_norm_into(&dx, &dw, None, &mut b, rows, cols, EPS)
+        .unwrap();
+    assert_eq!(
+        to_f32(&g.download(&a).unwrap()),
+        to_f32(&g.download(&b).unwrap())
+    );
 }
 
 #[test]
@@ -118,14 +177,22 @@ fn rms_norm_rejects_bad_shapes() {
     let x = g.upload(&[1f32; 12]).unwrap();
     let w = g.upload(&[1f32; 4]).unwrap();
     let mut out = g.upload(&[0f32; 12]).unwrap();
-    let e = g
-        .rms_norm(&x, &w, None, &mut out, 4, 4, 1e-5)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("`x`") && e.contains("[4, 4]"), "{e}");
-    let e = g
-        .rms_norm(&x, &w, None, &mut out, 2, 6, 1e-5)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("`weight`") && e.contains("[6]"), "{e}");
+    let mut res = g.upload(&[0f32; 8]).unwrap();
+    let err = |r: falcon_h1_kernels::Result<()>| r.unwrap_err().to_string();
+
+    let e = err(g.rms_norm_into(&x, &w, None, &mut out, 4, 4, EPS));
+    assert!(
+        e.contains("`x` has 12") && e.contains("rows=4, cols=4"),
+        "{e}"
+    );
+    let e = err(g.rms_norm_into(&x, &w, None, &mut out, 2, 6, EPS));
+    assert!(e.contains("`weight` has 4") && e.contains("cols=6"), "{e}");
+    let e = err(g.rms_norm_into(&x, &w, Some(&mut res), &mut out, 3, 4, EPS));
+    assert!(e.contains("`residual` has 8"), "{e}");
+    let e = err(g.rms_norm_into(&x, &w, None, &mut out, 0, 4, EPS));
+    assert!(e.contains("empty"), "{e}");
+    let e = err(g.rms_norm_into(&x, &w, None, &mut out, 3, 4, f32::NAN));
+    assert!(e.contains("eps"), "{e}");
+    let e = g.rms_norm(&x, &w, None, 6, 2, EPS).unwrap_err().to_string();
+    assert!(e.contains("`weight`"), "{e}");
 }

@@ -1,0 +1,1 @@
+//! Safe launchers of the conv1d kernels (being written).

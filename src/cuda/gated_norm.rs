@@ -1,0 +1,1 @@
+//! Safe launchers of the gated_norm kernels (being written).

@@ -1,0 +1,1 @@
+//! Safe launchers of the ssd kernels (being written).

@@ -1,0 +1,1 @@
+//! Safe launchers of the ssm_update kernels (being written).
