@@ -8,22 +8,22 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-/// The model's hyper-parameters (spec notation in brackets).
+/// The model's hyper-parameters (spec notation in parentheses).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Vocabulary size [V].
+    /// Vocabulary size (`V`).
     pub vocab_size: usize,
-    /// Residual width [d].
+    /// Residual width (`d`).
     pub hidden_size: usize,
-    /// MLP width [I].
+    /// MLP width (`I`).
     pub intermediate_size: usize,
     /// Layers; every one is the same parallel hybrid block.
     pub num_hidden_layers: usize,
-    /// Query heads [Hq].
+    /// Query heads (`Hq`).
     pub num_attention_heads: usize,
-    /// Key/value heads [Hkv] (HF: `num_attention_heads` when null).
+    /// Key/value heads (`Hkv`) (HF: 8 when absent, `num_attention_heads` when null).
     pub num_key_value_heads: usize,
-    /// Attention head size [hd]; from config.json, HF's fallback hidden/heads only when absent.
+    /// Attention head size (`hd`); from config.json, HF's fallback hidden/heads only when absent.
     pub head_dim: usize,
     /// RMSNorm epsilon (also of the gated norm).
     pub rms_norm_eps: f64,
@@ -33,19 +33,19 @@ pub struct Config {
     pub max_position_embeddings: usize,
     /// lm_head shares the embedding matrix.
     pub tie_word_embeddings: bool,
-    /// RoPE base, from `rope_theta` or `rope_parameters.rope_theta`.
+    /// RoPE base, from `rope_parameters.rope_theta` or `rope_theta` (10000 when neither).
     pub rope_theta: f64,
-    /// Mamba inner width [Ds] (`mamba_expand * hidden_size` when null).
+    /// Mamba inner width (`Ds`) (HF: 1024 when absent, `mamba_expand * hidden_size` when null).
     pub mamba_d_ssm: usize,
-    /// Mamba heads [H].
+    /// Mamba heads (`H`).
     pub mamba_n_heads: usize,
-    /// Channels per Mamba head [P] ("auto" = Ds / H).
+    /// Channels per Mamba head (`P`) ("auto" = Ds / H).
     pub mamba_d_head: usize,
-    /// B/C groups [G].
+    /// B/C groups (`G`).
     pub mamba_n_groups: usize,
-    /// SSM state size [N].
+    /// SSM state size (`N`).
     pub mamba_d_state: usize,
-    /// Conv width [K].
+    /// Conv width (`K`), 1..=8.
     pub mamba_d_conv: usize,
     /// Chunk length of the chunked scan.
     pub mamba_chunk_size: usize,
@@ -75,15 +75,19 @@ pub struct Config {
     pub mlp_multipliers: [f64; 2],
     /// Multipliers of the in_proj segments [z, x, B, C, dt].
     pub ssm_multipliers: [f64; 5],
-    /// Beginning-of-sequence token.
+    /// Beginning-of-sequence token (HF default 1 when absent, `None` when null).
     pub bos_token_id: Option<u32>,
-    /// End-of-sequence tokens (config may hold one id or a list).
+    /// End-of-sequence tokens (config may hold one id or a list; HF default `[2]` when absent,
+    /// empty when null).
     pub eos_token_ids: Vec<u32>,
-    /// Padding token.
+    /// Padding token (HF default 0 when absent, `None` when null).
     pub pad_token_id: Option<u32>,
 }
 
-/// config.json as written by HF; `None` means absent or null.
+/// config.json as written by HF. `Option<T>`: absent or null (the two mean the same for HF).
+/// `Option<Option<T>>` where HF tells them apart: `None` = absent (the class default applies),
+/// `Some(None)` = an explicit null (HF derives the value, e.g. `num_key_value_heads` from the
+/// attention heads).
 #[derive(Deserialize)]
 struct RawConfig {
     vocab_size: Option<usize>,
@@ -91,7 +95,8 @@ struct RawConfig {
     intermediate_size: Option<usize>,
     num_hidden_layers: Option<usize>,
     num_attention_heads: Option<usize>,
-    num_key_value_heads: Option<usize>,
+    #[serde(default, deserialize_with = "nullable")]
+    num_key_value_heads: Option<Option<usize>>,
     head_dim: Option<usize>,
     rms_norm_eps: Option<f64>,
     hidden_act: Option<String>,
@@ -99,7 +104,9 @@ struct RawConfig {
     tie_word_embeddings: Option<bool>,
     rope_theta: Option<f64>,
     rope_parameters: Option<Value>,
-    mamba_d_ssm: Option<usize>,
+    rope_scaling: Option<Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    mamba_d_ssm: Option<Option<usize>>,
     mamba_n_heads: Option<usize>,
     mamba_d_head: Option<Value>,
     mamba_n_groups: Option<usize>,
@@ -124,9 +131,21 @@ struct RawConfig {
     ssm_out_multiplier: Option<f64>,
     mlp_multipliers: Option<Vec<f64>>,
     ssm_multipliers: Option<Vec<f64>>,
-    bos_token_id: Option<u32>,
-    eos_token_id: Option<Value>,
-    pad_token_id: Option<u32>,
+    #[serde(default, deserialize_with = "nullable")]
+    bos_token_id: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    eos_token_id: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pad_token_id: Option<Option<u32>>,
+}
+
+/// With `#[serde(default)]`: an absent key stays `None`, a null becomes `Some(None)`.
+fn nullable<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
@@ -136,7 +155,69 @@ fn invalid(field: &str, message: impl Into<String>) -> Error {
     }
 }
 
-/// A float that JSON may spell as a number, null (infinity for an upper bound) or "inf".
+/// Python's `json.dumps` (what `save_pretrained` uses) writes infinities and NaN as the bare
+/// tokens `Infinity`, `-Infinity` and `NaN`, which are not JSON: quote them outside strings so
+/// that serde reads them and [`float_value`] understands them (`time_step_limit: [0.0, Infinity]`).
+fn quote_python_floats(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains("Infinity") && !s.contains("NaN") {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len() + 16);
+    let (mut in_str, mut escaped, mut i) = (false, false, 0);
+    'scan: while i < b.len() {
+        let c = b[i];
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+        } else if c == b'"' {
+            in_str = true;
+        } else {
+            for tok in [&b"-Infinity"[..], b"Infinity", b"NaN"] {
+                if b[i..].starts_with(tok) {
+                    out.push(b'"');
+                    out.extend_from_slice(tok);
+                    out.push(b'"');
+                    i += tok.len();
+                    continue 'scan;
+                }
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    // Only ASCII was inserted, between whole tokens: the bytes are still UTF-8.
+    std::borrow::Cow::Owned(String::from_utf8(out).expect("still UTF-8"))
+}
+
+/// transformers 5 saves floats JSON cannot hold as tagged objects, `{"__float__": "Infinity"}`
+/// (also "-Infinity" and "NaN"), and decodes them on load: turn each into its string, which
+/// [`float_value`] reads (a plain f64 field holding one is then a type error naming the key).
+fn decode_float_tags(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.len() == 1 {
+                if let Some(Value::String(tag)) = o.get("__float__") {
+                    if matches!(tag.as_str(), "Infinity" | "-Infinity" | "NaN") {
+                        *v = Value::String(tag.clone());
+                        return;
+                    }
+                }
+            }
+            o.values_mut().for_each(decode_float_tags);
+        }
+        Value::Array(a) => a.iter_mut().for_each(decode_float_tags),
+        _ => {}
+    }
+}
+
+/// A float that JSON may spell as a number, null (`null` is the value given) or a string such
+/// as "inf", "Infinity" or "-inf".
 fn float_value(field: &str, v: &Value, null: f64) -> Result<f64> {
     match v {
         Value::Null => Ok(null),
@@ -144,7 +225,7 @@ fn float_value(field: &str, v: &Value, null: f64) -> Result<f64> {
             .as_f64()
             .ok_or_else(|| invalid(field, format!("{n} is not a number"))),
         Value::String(s) => match s.to_ascii_lowercase().as_str() {
-            "inf" | "infinity" | "+inf" => Ok(f64::INFINITY),
+            "inf" | "infinity" | "+inf" | "+infinity" => Ok(f64::INFINITY),
             "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
             _ => s
                 .parse()
@@ -154,6 +235,7 @@ fn float_value(field: &str, v: &Value, null: f64) -> Result<f64> {
     }
 }
 
+/// A multiplier list of exactly `N` values; absent or null means all ones (HF's default).
 fn fixed<const N: usize>(field: &str, v: Option<Vec<f64>>) -> Result<[f64; N]> {
     match v {
         None => Ok([1.0; N]),
@@ -166,15 +248,85 @@ fn fixed<const N: usize>(field: &str, v: Option<Vec<f64>>) -> Result<[f64; N]> {
     }
 }
 
+/// A token id list from `eos_token_id`: one id or a list of ids.
+fn token_ids(field: &str, v: &Value) -> Result<Vec<u32>> {
+    let one = |v: &Value| {
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| invalid(field, format!("{v} is not a token id")))
+    };
+    match v {
+        Value::Null => Ok(vec![]),
+        Value::Array(a) => a.iter().map(one).collect(),
+        Value::Number(_) => Ok(vec![one(v)?]),
+        other => Err(invalid(
+            field,
+            format!("expected an id or a list of ids, found {other}"),
+        )),
+    }
+}
+
+/// RoPE base and type, the way transformers 5 standardises them: a non-empty legacy
+/// `rope_scaling` replaces `rope_parameters`; the type is its `rope_type` (or legacy `type`),
+/// "default" when absent; the base is its `rope_theta`, else the top-level `rope_theta`, else
+/// 10000 (HF's `default_theta`). Only default RoPE is implemented: any other type is an error.
+fn resolve_rope(
+    rope_theta: Option<f64>,
+    rope_parameters: Option<Value>,
+    rope_scaling: Option<Value>,
+) -> Result<f64> {
+    let non_empty = |v: &Value| !v.is_null() && !matches!(v.as_object(), Some(o) if o.is_empty());
+    let (field, params) = match rope_scaling.filter(non_empty) {
+        Some(s) => ("rope_scaling", Some(s)),
+        None => ("rope_parameters", rope_parameters.filter(|v| !v.is_null())),
+    };
+    let Some(params) = params else {
+        return Ok(rope_theta.unwrap_or(10000.0));
+    };
+    let obj = params
+        .as_object()
+        .ok_or_else(|| invalid(field, format!("expected an object, found {params}")))?;
+    for key in ["rope_type", "type"] {
+        match obj.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(t)) if t == "default" => break,
+            Some(other) => {
+                return Err(invalid(
+                    &format!("{field}.{key}"),
+                    format!("{other} is not supported (only \"default\" RoPE is implemented)"),
+                ))
+            }
+        }
+    }
+    match obj.get("rope_theta") {
+        None | Some(Value::Null) => Ok(rope_theta.unwrap_or(10000.0)),
+        Some(t) => {
+            let field = format!("{field}.rope_theta");
+            let theta = float_value(&field, t, f64::NAN)?;
+            if !(theta > 0.0 && theta.is_finite()) {
+                return Err(invalid(
+                    &field,
+                    format!("must be positive and finite, found {theta}"),
+                ));
+            }
+            Ok(theta)
+        }
+    }
+}
+
 impl RawConfig {
     fn resolve(self) -> Result<Config> {
-        // Defaults are those of transformers' FalconH1Config (5.17).
+        // Defaults are those of transformers' FalconH1Config (5.17): an absent key takes the
+        // class default, an explicit null what `__post_init__` derives from other fields.
         let hidden_size = self.hidden_size.unwrap_or(4096);
         let num_attention_heads = self.num_attention_heads.unwrap_or(32);
         let mamba_expand = self.mamba_expand.unwrap_or(2.0);
-        let mamba_d_ssm = self
-            .mamba_d_ssm
-            .unwrap_or((mamba_expand * hidden_size as f64) as usize);
+        let mamba_d_ssm = match self.mamba_d_ssm {
+            None => 1024,
+            // A negative or NaN product saturates to 0, which validate() reports.
+            Some(None) => (mamba_expand * hidden_size as f64) as usize,
+            Some(Some(v)) => v,
+        };
         let mamba_n_heads = self.mamba_n_heads.unwrap_or(128);
         let mamba_d_head = match self.mamba_d_head {
             None | Some(Value::Null) => mamba_d_ssm / mamba_n_heads.max(1),
@@ -190,21 +342,7 @@ impl RawConfig {
                 ))
             }
         };
-        // Newer files nest the base under rope_parameters; older ones have rope_theta.
-        let mut rope_theta = self.rope_theta;
-        if let Some(rp) = &self.rope_parameters {
-            if let Some(t) = rp.get("rope_type").and_then(|t| t.as_str()) {
-                if t != "default" {
-                    return Err(invalid(
-                        "rope_parameters.rope_type",
-                        format!("\"{t}\" is not supported (only \"default\" RoPE)"),
-                    ));
-                }
-            }
-            if let Some(t) = rp.get("rope_theta") {
-                rope_theta = Some(float_value("rope_parameters.rope_theta", t, f64::NAN)?);
-            }
-        }
+        let rope_theta = resolve_rope(self.rope_theta, self.rope_parameters, self.rope_scaling)?;
         let time_step_limit = match self.time_step_limit {
             None => (0.0, f64::INFINITY),
             Some(v) if v.len() == 2 => (
@@ -218,26 +356,10 @@ impl RawConfig {
                 ))
             }
         };
-        let eos_token_ids = match self.eos_token_id {
-            None | Some(Value::Null) => vec![2],
-            Some(Value::Number(n)) => vec![n
-                .as_u64()
-                .ok_or_else(|| invalid("eos_token_id", format!("{n} is not a token id")))?
-                as u32],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .map(|x| x as u32)
-                        .ok_or_else(|| invalid("eos_token_id", format!("{v} is not a token id")))
-                })
-                .collect::<Result<_>>()?,
-            Some(other) => {
-                return Err(invalid(
-                    "eos_token_id",
-                    format!("expected an id or a list of ids, found {other}"),
-                ))
-            }
+        let eos_token_ids = match &self.eos_token_id {
+            None => vec![2],
+            Some(None) => vec![],
+            Some(Some(v)) => token_ids("eos_token_id", v)?,
         };
         for (field, on) in [
             ("attention_bias", self.attention_bias),
@@ -258,7 +380,13 @@ impl RawConfig {
             intermediate_size: self.intermediate_size.unwrap_or(14336),
             num_hidden_layers: self.num_hidden_layers.unwrap_or(32),
             num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads.unwrap_or(num_attention_heads),
+            num_key_value_heads: match self.num_key_value_heads {
+                None => 8,
+                Some(None) => num_attention_heads,
+                Some(Some(v)) => v,
+            },
+            // HF reads it with getattr(config, "head_dim", hidden / heads): from the file when
+            // there, else the fallback (null is treated as absent, as HF's RoPE init does).
             head_dim: self
                 .head_dim
                 .unwrap_or(hidden_size / num_attention_heads.max(1)),
@@ -266,7 +394,7 @@ impl RawConfig {
             hidden_act: self.hidden_act.unwrap_or_else(|| "silu".into()),
             max_position_embeddings: self.max_position_embeddings.unwrap_or(8192),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            rope_theta: rope_theta.unwrap_or(10000.0),
+            rope_theta,
             mamba_d_ssm,
             mamba_n_heads,
             mamba_d_head,
@@ -287,15 +415,17 @@ impl RawConfig {
             ssm_out_multiplier: self.ssm_out_multiplier.unwrap_or(1.0),
             mlp_multipliers: fixed("mlp_multipliers", self.mlp_multipliers)?,
             ssm_multipliers: fixed("ssm_multipliers", self.ssm_multipliers)?,
-            bos_token_id: self.bos_token_id,
+            bos_token_id: self.bos_token_id.unwrap_or(Some(1)),
             eos_token_ids,
-            pad_token_id: self.pad_token_id,
+            pad_token_id: self.pad_token_id.unwrap_or(Some(0)),
         })
     }
 }
 
 impl Config {
-    /// Reads, resolves and validates a `config.json`.
+    /// Reads, resolves and validates a `config.json`. Unknown keys are ignored. Infinities may be
+    /// written as transformers 5 does (`{"__float__": "Infinity"}`), as Python's `json` does
+    /// (a bare `Infinity`), or as the strings "inf" / "Infinity".
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -304,7 +434,7 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses, resolves and validates config.json text.
+    /// Parses, resolves and validates config.json text (see [`Config::from_file`]).
     pub fn from_json_str(s: &str) -> Result<Config> {
         Self::parse(s, "<string>")
     }
@@ -314,7 +444,9 @@ impl Config {
             path: origin.into(),
             message,
         };
-        let value: Value = serde_json::from_str(s).map_err(|e| parse_err(e.to_string()))?;
+        let mut value: Value =
+            serde_json::from_str(&quote_python_floats(s)).map_err(|e| parse_err(e.to_string()))?;
+        decode_float_tags(&mut value);
         let raw: RawConfig = serde_json::from_value(value.clone()).map_err(|e| {
             // serde does not say which key held the bad value: find it by parsing each key alone.
             let culprit = value.as_object().and_then(|obj| {
@@ -343,6 +475,33 @@ impl Config {
         self.mamba_d_ssm + self.conv_dim() + self.mamba_n_heads
     }
 
+    /// One line for logs: the shape and the switches that change the computation.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} layers, d={}, I={}, vocab={}, attn Hq={} Hkv={} hd={}, mamba Ds={} H={} P={} \
+             N={} G={} K={} chunk={}, rms_norm={} norm_before_gate={}, theta={:e}, ctx={}, tied={}",
+            self.num_hidden_layers,
+            self.hidden_size,
+            self.intermediate_size,
+            self.vocab_size,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+            self.mamba_d_ssm,
+            self.mamba_n_heads,
+            self.mamba_d_head,
+            self.mamba_d_state,
+            self.mamba_n_groups,
+            self.mamba_d_conv,
+            self.mamba_chunk_size,
+            self.mamba_rms_norm,
+            self.mamba_norm_before_gate,
+            self.rope_theta,
+            self.max_position_embeddings,
+            self.tie_word_embeddings,
+        )
+    }
+
     /// Checks that the model can run with these values; the error names the field.
     pub fn validate(&self) -> Result<()> {
         let sizes = [
@@ -367,6 +526,15 @@ impl Config {
                 return Err(invalid(field, "must be positive, found 0"));
             }
         }
+        if self.mamba_d_ssm % self.mamba_n_heads != 0 {
+            return Err(invalid(
+                "mamba_n_heads",
+                format!(
+                    "mamba_n_heads ({}) must divide mamba_d_ssm ({})",
+                    self.mamba_n_heads, self.mamba_d_ssm
+                ),
+            ));
+        }
         if self.mamba_n_heads * self.mamba_d_head != self.mamba_d_ssm {
             return Err(invalid(
                 "mamba_d_head",
@@ -377,6 +545,12 @@ impl Config {
                     self.mamba_n_heads * self.mamba_d_head,
                     self.mamba_d_ssm
                 ),
+            ));
+        }
+        if !(1..=8).contains(&self.mamba_d_conv) {
+            return Err(invalid(
+                "mamba_d_conv",
+                format!("must be in 1..=8, found {}", self.mamba_d_conv),
             ));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
@@ -452,8 +626,15 @@ impl Config {
         Ok(())
     }
 
-    /// The shape of a released model, with its real multipliers only for 0.5B (the spec gives
-    /// those; the others' live in their own config.json): for benchmarks with random weights.
+    /// The shape of a released model (spec table), for benchmarks and tests with random
+    /// weights. Shared by all: chunk 128, K = 4, conv bias, no projection biases, rope_theta
+    /// 1e11, untied embeddings, `mamba_norm_before_gate: false`, eps 1e-5, no dt clamp, and
+    /// `max_position_embeddings` from the context column.
+    ///
+    /// Multipliers: 0.5B carries its real µP multipliers (given by the spec). Every other preset
+    /// sets **all multipliers to 1.0**: their real values live in each model's config.json and
+    /// are not reproduced here, so a preset is a shape, not a substitute for the real config.
+    /// Token ids (bos 1, eos 11, pad 0) are placeholders of the same kind.
     pub fn preset(p: Preset) -> Config {
         // (layers, d, I, Hq, Hkv, hd, H, P, N, G, vocab, context, rms_norm)
         let (l, d, i, hq, hkv, hd, h, pp, n, g, v, ctx, rms) = match p {

@@ -217,19 +217,12 @@ impl Checkpoint {
 
     fn convert(&self, name: &str, e: &Entry) -> Result<HostTensor> {
         let b = self.bytes(e);
+        // Explicit little-endian decoding (the safetensors byte order) works on any host; on a
+        // little-endian one each closure compiles to a plain load, so this is a copy loop.
         let data: Vec<f32> = match e.dtype {
-            Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-            Dtype::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => decode(b, f32::from_le_bytes),
+            Dtype::BF16 => decode(b, |c| half::bf16::from_le_bytes(c).to_f32()),
+            Dtype::F16 => decode(b, |c| half::f16::from_le_bytes(c).to_f32()),
             other => {
                 return Err(Error::UnsupportedDtype {
                     name: name.into(),
@@ -239,6 +232,21 @@ impl Checkpoint {
             }
         };
         HostTensor::new(e.shape.clone(), data)
+    }
+}
+
+/// Tensors with at least this many values are converted on every core (the embedding table
+/// of a big model is hundreds of millions of values); smaller ones are not worth the split.
+const PAR_CONVERT_MIN: usize = 1 << 20;
+
+/// Decodes `W`-byte little-endian values to f32; `b.len()` is a multiple of `W` (safetensors
+/// checked the byte length against the shape and dtype).
+fn decode<const W: usize>(b: &[u8], f: impl Fn([u8; W]) -> f32 + Sync + Send) -> Vec<f32> {
+    let one = |c: &[u8]| f(c.try_into().expect("chunks of W bytes"));
+    if b.len() / W >= PAR_CONVERT_MIN {
+        b.par_chunks_exact(W).map(one).collect()
+    } else {
+        b.chunks_exact(W).map(one).collect()
     }
 }
 
@@ -421,9 +429,13 @@ impl ModelWeights {
         })
     }
 
-    /// Random weights of the config's shape (deterministic for a seed), scaled so that a forward
-    /// gives finite, non-trivial outputs: for benchmarks and tests without a checkpoint. Large
-    /// presets take a while and the memory of an f32 copy of the model.
+    /// Random weights of the config's shape (deterministic for a seed, whatever the thread
+    /// count), scaled so that a forward gives finite, non-trivial outputs: for benchmarks and
+    /// tests without a checkpoint. Matrices U(-1,1)/sqrt(in), embeddings U(-1,1), norms and D
+    /// near 1, conv U(-0.5,0.5), A_log in [0, ln 16) (A in (-16, -1]), dt_bias such that
+    /// softplus(dt_bias) is in [1e-3, 0.1). Tied configs get `lm_head` = the embeddings. Big
+    /// tensors fill on every core, but the large presets still take seconds to minutes and the
+    /// memory of an f32 model (7B: about 30 GB).
     pub fn random(cfg: &Config, seed: u64) -> ModelWeights {
         fn fill(shape: Vec<usize>, seed: u64, f: impl Fn(&mut StdRng) -> f32 + Sync) -> HostTensor {
             let n: usize = shape.iter().product();
@@ -452,7 +464,14 @@ impl ModelWeights {
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = fill(vec![v, d], s(), |r| r.random_range(-1.0..1.0));
         let final_layernorm = around_one(d, s());
-        let lm_head = matrix(vec![v, d], s());
+        // The seed is taken even when tied, so that the layers get the same values either way.
+        let head_seed = s();
+        // Tied: the head is the embedding table, as `load` makes it.
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            matrix(vec![v, d], head_seed)
+        };
         let h = cfg.mamba_n_heads;
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| {

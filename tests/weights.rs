@@ -351,24 +351,204 @@ fn folding_applies_each_multiplier_once() {
     assert!(close(fl.gate_proj.data[5], l.gate_proj.data[5] * 0.75));
     assert!(close(fl.down_proj.data[5], l.down_proj.data[5] * 0.5));
     assert_eq!(fl.up_proj, l.up_proj);
-    // in_proj rows [z 8 | x 8 | B 4 | C 4 | dt 2] times ssm_in * ssm_multipliers[segment].
+    // in_proj rows [z 8 | x 8 | B 4 | C 4 | dt 2] times ssm_in * ssm_multipliers[segment],
+    // every element of every layer (segment edges included).
     let d = cfg.hidden_size;
-    for (row, m) in [
-        (0, 2.0),
-        (8, 3.0),
-        (16, 5.0),
-        (20, 7.0),
-        (24, 11.0),
-        (25, 11.0),
-    ] {
-        let i = row * d + 1;
-        assert!(
-            close(fl.in_proj.data[i], l.in_proj.data[i] * 1.5 * m),
-            "row {row}"
-        );
+    let seg = |row: usize| match row {
+        0..=7 => 2.0,
+        8..=15 => 3.0,
+        16..=19 => 5.0,
+        20..=23 => 7.0,
+        _ => 11.0,
+    };
+    assert_eq!(cfg.in_proj_dim(), 26);
+    for (l, fl) in w.layers.iter().zip(&f.layers) {
+        for (i, (x, y)) in l.in_proj.data.iter().zip(&fl.in_proj.data).enumerate() {
+            assert!(close(*y, x * 1.5 * seg(i / d)), "in_proj row {}", i / d);
+        }
     }
+    assert!(close(f.embed_tokens.data[7], w.embed_tokens.data[7] * 4.0));
+    assert!(close(f.lm_head.data[7], w.lm_head.data[7] * 0.125));
+    assert_eq!(f.final_layernorm, w.final_layernorm);
+    assert_eq!(fl.input_layernorm, l.input_layernorm);
+    assert_eq!(fl.a_log, l.a_log);
+    assert_eq!(fl.d, l.d);
+    assert_eq!(fl.conv_bias, l.conv_bias);
     // Norms, conv, dt_bias, A_log, D are never scaled.
     assert_eq!(fl.dt_bias, l.dt_bias);
     assert_eq!(fl.conv_weight, l.conv_weight);
     assert_eq!(fl.norm, l.norm);
+}
+
+/// Writes raw (name, dtype, shape, bytes) tensors to `<dir>/model.safetensors`.
+fn write_raw(dir: &std::path::Path, items: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView<'_>)> = items
+        .iter()
+        .map(|(n, dt, s, b)| (n.to_string(), TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn exact_dtype_conversion_ids_and_lookups() {
+    let d = temp_dir("dtypes");
+    let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    // bf16: 1.0, -2.0, 0.5, 65280 (0x477F), smallest subnormal; f16: 1.0, -2.0, 65504, 2^-24.
+    let bf = le16(&[0x3F80, 0xC000, 0x3F00, 0x477F, 0x0001]);
+    let hf = le16(&[0x3C00, 0xC000, 0x7BFF, 0x0001]);
+    // Big enough for the parallel conversion path: value i is i mod 256 (exact in bf16).
+    let big_n = (1 << 20) + 3;
+    let big: Vec<u8> = (0..big_n)
+        .flat_map(|i| half::bf16::from_f32((i % 256) as f32).to_le_bytes())
+        .collect();
+    let ids: Vec<u8> = [5i64, -1, 1 << 40]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let f32s: Vec<u8> = [1.5f32, -0.25]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    write_raw(
+        &d,
+        &[
+            ("bf", Dtype::BF16, vec![5], bf),
+            ("hf", Dtype::F16, vec![2, 2], hf),
+            ("big", Dtype::BF16, vec![big_n], big),
+            ("input_ids", Dtype::I64, vec![1, 3], ids),
+            ("f", Dtype::F32, vec![2], f32s),
+        ],
+    );
+    let c = Checkpoint::open(&d).unwrap();
+    assert_eq!(
+        c.tensor_f32("bf", &[5]).unwrap().data,
+        vec![1.0, -2.0, 0.5, 65280.0, f32::from_bits(1 << 16)]
+    );
+    let h = c.tensor_f32("hf", &[2, 2]).unwrap();
+    assert_eq!(h.shape, vec![2, 2]);
+    assert_eq!(h.data, vec![1.0, -2.0, 65504.0, 2f32.powi(-24)]);
+    assert_eq!(c.tensor_any_f32("f").unwrap().data, vec![1.5, -0.25]);
+    let b = c.tensor_any_f32("big").unwrap();
+    assert!(b
+        .data
+        .iter()
+        .enumerate()
+        .all(|(i, v)| *v == (i % 256) as f32));
+    assert_eq!(
+        c.tensor_i64("input_ids").unwrap(),
+        (vec![1, 3], vec![5, -1, 1 << 40])
+    );
+    // Ids are not floats and floats are not ids: both errors name the tensor and the dtype.
+    let e = c.tensor_any_f32("input_ids").unwrap_err().to_string();
+    assert!(e.contains("input_ids") && e.contains("I64"), "{e}");
+    let e = c.tensor_i64("f").unwrap_err().to_string();
+    assert!(e.contains("`f`") && e.contains("F32"), "{e}");
+    // Lookups.
+    assert!(c.contains("bf") && !c.contains("nope"));
+    assert_eq!(c.shape("hf"), Some(vec![2, 2]));
+    assert_eq!(c.shape("nope"), None);
+    assert_eq!(c.names(), vec!["bf", "big", "f", "hf", "input_ids"]);
+    let e = c.tensor_f32("hf", &[4]).unwrap_err().to_string();
+    assert!(e.contains("[4]") && e.contains("[2, 2]"), "{e}");
+    assert!(matches!(
+        c.tensor_f32("nope", &[1]),
+        Err(Error::MissingTensor { .. })
+    ));
+}
+
+#[test]
+fn optional_tensors_follow_the_config() {
+    // No conv bias and no gated norm: the file need not hold them, and the weights have none.
+    let full = tiny_config();
+    let mut cfg = full.clone();
+    cfg.mamba_conv_bias = false;
+    cfg.mamba_rms_norm = false;
+    let mut all = tensors(&full);
+    all.retain(|n, _| !n.ends_with("conv1d.bias") && !n.ends_with("mamba.norm.weight"));
+    let d = temp_dir("optional");
+    write(&d.join("model.safetensors"), &all, Dtype::F32);
+    let ckpt = Checkpoint::open(&d).unwrap();
+    let w = ModelWeights::load(&ckpt, &cfg, true).unwrap();
+    assert!(w
+        .layers
+        .iter()
+        .all(|l| l.conv_bias.is_none() && l.norm.is_none()));
+    // The released layout (conv bias, gated norm) then names the first tensor it misses.
+    let e = ModelWeights::load(&ckpt, &full, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("conv1d.bias") || e.contains("mamba.norm.weight"),
+        "{e}"
+    );
+    // An invalid config is refused before anything is read.
+    let mut bad = cfg.clone();
+    bad.mamba_d_head = 3;
+    assert!(matches!(
+        ModelWeights::load(&ckpt, &bad, false),
+        Err(Error::ConfigInvalid { .. })
+    ));
+}
+
+#[test]
+fn a_shard_the_index_names_must_exist() {
+    let cfg = tiny_config();
+    let d = temp_dir("noshard");
+    write(
+        &d.join("model-00001-of-00002.safetensors"),
+        &tensors(&cfg),
+        Dtype::F32,
+    );
+    let index = serde_json::json!({"weight_map": {
+        "lm_head.weight": "model-00002-of-00002.safetensors",
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors"}});
+    std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = Checkpoint::open(&d).err().unwrap();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("model-00002-of-00002"), "{e}");
+    // An index without a weight_map is named.
+    std::fs::write(d.join("model.safetensors.index.json"), "{\"metadata\": {}}").unwrap();
+    let e = Checkpoint::open(&d).err().unwrap().to_string();
+    assert!(e.contains("weight_map"), "{e}");
+    // No checkpoint at all: the error names model.safetensors.
+    let empty = temp_dir("empty");
+    let e = Checkpoint::open(&empty).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn random_weights_are_deterministic_and_well_scaled() {
+    let cfg = tiny_config();
+    let (a, b, c) = (
+        ModelWeights::random(&cfg, 1),
+        ModelWeights::random(&cfg, 1),
+        ModelWeights::random(&cfg, 2),
+    );
+    assert_eq!(a.embed_tokens, b.embed_tokens);
+    assert_eq!(a.layers[1].in_proj, b.layers[1].in_proj);
+    assert_ne!(a.layers[1].in_proj, c.layers[1].in_proj);
+    assert_ne!(a.layers[0].in_proj, a.layers[1].in_proj, "layers differ");
+    assert_ne!(a.lm_head, a.embed_tokens);
+    let d = cfg.hidden_size as f32;
+    for l in &a.layers {
+        let softplus = |x: f32| x.exp().ln_1p();
+        assert!(l
+            .dt_bias
+            .data
+            .iter()
+            .all(|&x| (0.99e-3..=0.101).contains(&softplus(x))));
+        assert!(l.a_log.data.iter().all(|&x| (0.0..16f32.ln()).contains(&x)));
+        assert!(l.in_proj.data.iter().all(|x| x.abs() <= 1.0 / d.sqrt()));
+        assert!(l.conv_weight.data.iter().all(|x| x.abs() <= 0.5));
+        assert!(l.d.data.iter().all(|x| (0.9..=1.1).contains(x)));
+        assert!(l.norm.is_some() && l.conv_bias.is_some());
+        assert_eq!(l.conv_weight.shape, vec![cfg.conv_dim(), cfg.mamba_d_conv]);
+        assert_eq!(l.in_proj.shape, vec![cfg.in_proj_dim(), cfg.hidden_size]);
+    }
+    // Tied: the head is the table, and the layers do not change.
+    let mut tied = cfg.clone();
+    tied.tie_word_embeddings = true;
+    let t = ModelWeights::random(&tied, 1);
+    assert_eq!(t.lm_head, t.embed_tokens);
+    assert_eq!(t.layers[1].in_proj, a.layers[1].in_proj);
 }
