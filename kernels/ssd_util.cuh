@@ -1,0 +1,135 @@
+// Warp-level 16x16x16 matrix products for the SSD kernels, one API over two implementations:
+// bf16/f16 operands go to the tensor cores through nvcuda::wmma (f32 accumulate, sm_80+), f32
+// operands take an exact scalar path with the same fragment layout contract, so the f32 parity
+// build runs the very same tiling code. Operands live in shared memory; accumulators are stored
+// row-major as f32.
+#pragma once
+#include <mma.h>
+#include <type_traits>
+#include "common.cuh"
+
+namespace {
+namespace ssd {
+
+namespace wmma = nvcuda::wmma;
+using wmma::col_major;
+using wmma::row_major;
+
+// 16x16 f32 accumulator of one warp.
+template <typename Tc> struct Acc {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> f;
+    __device__ __forceinline__ void zero() { wmma::fill_fragment(f, 0.f); }
+    __device__ __forceinline__ void store(float* p, int ld) const {
+        wmma::store_matrix_sync(p, f, ld, wmma::mem_row_major);
+    }
+};
+// Scalar stand-in: lane l owns row l/2, columns (l%2)*8 .. +8.
+template <> struct Acc<float> {
+    float v[8];
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = 0.f;
+    }
+    __device__ __forceinline__ void store(float* p, int ld) const {
+        const int lane = threadIdx.x & 31, r = lane >> 1, c0 = (lane & 1) * 8;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) p[r * ld + c0 + i] = v[i];
+    }
+};
+
+// A operand (16 x 16, rows x k) in layout L.
+template <typename Tc, typename L> struct FragA {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, Tc, L> f;
+    __device__ __forceinline__ void load(const Tc* p, int ld) { wmma::load_matrix_sync(f, p, ld); }
+};
+template <typename L> struct FragA<float, L> {
+    const float* p;
+    int ld;
+    __device__ __forceinline__ void load(const float* q, int l) { p = q, ld = l; }
+    __device__ __forceinline__ float at(int r, int k) const {
+        return std::is_same<L, row_major>::value ? p[r * ld + k] : p[k * ld + r];
+    }
+};
+
+// B operand (16 x 16, k x cols) in layout L.
+template <typename Tc, typename L> struct FragB {
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, Tc, L> f;
+    __device__ __forceinline__ void load(const Tc* p, int ld) { wmma::load_matrix_sync(f, p, ld); }
+};
+template <typename L> struct FragB<float, L> {
+    const float* p;
+    int ld;
+    __device__ __forceinline__ void load(const float* q, int l) { p = q, ld = l; }
+    __device__ __forceinline__ float at(int k, int c) const {
+        return std::is_same<L, row_major>::value ? p[k * ld + c] : p[c * ld + k];
+    }
+};
+
+// acc += a * b
+template <typename Tc, typename LA, typename LB>
+__device__ __forceinline__ void mma(Acc<Tc>& acc, const FragA<Tc, LA>& a, const FragB<Tc, LB>& b) {
+    wmma::mma_sync(acc.f, a.f, b.f, acc.f);
+}
+template <typename LA, typename LB>
+__device__ __forceinline__ void mma(Acc<float>& acc, const FragA<float, LA>& a,
+                                    const FragB<float, LB>& b) {
+    const int lane = threadIdx.x & 31, r = lane >> 1, c0 = (lane & 1) * 8;
+#pragma unroll 4
+    for (int k = 0; k < 16; ++k) {
+        const float av = a.at(r, k);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc.v[i] = fmaf(av, b.at(k, c0 + i), acc.v[i]);
+    }
+}
+
+// torch's softplus (threshold 20), then the clamp in torch's order (max with lo, then min with hi).
+__device__ __forceinline__ float dt_value(float raw, float bias, float lo, float hi) {
+    const float v = raw + bias;
+    const float sp = v > 20.f ? v : log1pf(expf(v));
+    return fminf(fmaxf(sp, lo), hi);
+}
+
+constexpr int kThreads = 128;  // 4 warps, each owning 16 rows of a 64-row tile
+constexpr int kTile = 64;      // rows/cols of the smem tiles
+
+template <typename Tc, int V> struct alignas(V * sizeof(Tc)) Pack {
+    Tc v[V];
+};
+
+// Fills a shared tile dst[ROWS][W] (row-major, Tc) from global rows of `src` (row r at
+// src + r * stride, W contiguous elements), each row scaled by scale(r) in f32 and rounded to Tc;
+// rows r >= valid are zeros (and never read). With `vec` (src and stride 16-byte aligned) in
+// 16-byte pieces.
+template <int ROWS, int W, typename Tc, typename S, typename F>
+__device__ __forceinline__ void fill_tile(Tc* dst, const S* src, int64_t stride, int valid, bool vec,
+                                          F scale) {
+    constexpr int V = 16 / sizeof(S);
+    static_assert(W % V == 0, "tile width must be a multiple of the vector width");
+    if (vec) {
+#pragma unroll 2
+        for (int e = threadIdx.x * V; e < ROWS * W; e += kThreads * V) {
+            const int r = e / W, col = e % W;
+            Pack<Tc, V> out;
+            if (r < valid) {
+                const uint4 u = *reinterpret_cast<const uint4*>(src + r * stride + col);
+                const S* in = reinterpret_cast<const S*>(&u);
+                const float sc = scale(r);
+#pragma unroll
+                for (int i = 0; i < V; ++i) out.v[i] = fh1::from_f32<Tc>(fh1::to_f32(in[i]) * sc);
+            } else {
+#pragma unroll
+                for (int i = 0; i < V; ++i) out.v[i] = fh1::from_f32<Tc>(0.f);
+            }
+            *reinterpret_cast<Pack<Tc, V>*>(dst + e) = out;
+        }
+    } else {
+#pragma unroll 2
+        for (int e = threadIdx.x; e < ROWS * W; e += kThreads) {
+            const int r = e / W, col = e % W;
+            dst[e] = fh1::from_f32<Tc>(r < valid ? fh1::to_f32(src[r * stride + col]) * scale(r) : 0.f);
+        }
+    }
+}
+
+}  // namespace ssd
+}  // namespace
