@@ -5,62 +5,22 @@
 
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu_check::{compare, gpu, to_f32, to_t};
+
 use falcon_h1_kernels::cpu;
 use falcon_h1_kernels::cuda::conv1d::Strided;
 use falcon_h1_kernels::cuda::{Gpu, GpuDtype};
-use falcon_h1_kernels::tensor::rel_l2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const EPS: f32 = 1e-6;
 
-fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| {
-        panic!("tests/cuda_gated_norm.rs needs a CUDA GPU and its driver, and found none: {e}")
-    })
-}
-
 fn draw<T: GpuDtype>(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
         .map(|_| T::from_f32(rng.random_range(lo..hi)).to_f32())
         .collect()
-}
-
-fn to_t<T: GpuDtype>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-fn to_f32<T: GpuDtype>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|&x| x.to_f32()).collect()
-}
-
-fn compare(what: &str, got: &[f32], want: &[f32], cols: usize, tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let nans = got.iter().filter(|v| !v.is_finite()).count();
-    let (mut worst, mut at) = (0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g as f64 - w as f64).abs();
-        if d > worst || d.is_nan() {
-            (worst, at) = (d, i);
-        }
-    }
-    let e = rel_l2(got, want);
-    println!(
-        "{what}: rel L2 {e:.2e}, max abs {worst:.2e} at [{}, {}] (got {}, want {}), non-finite {nans}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at]
-    );
-    assert_eq!(nans, 0, "{what}: {nans} non-finite values");
-    assert!(
-        e < tol,
-        "{what}: rel L2 {e:.3e} >= {tol:.0e}; worst at [{}, {}]: got {}, want {}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at]
-    );
 }
 
 /// `[rows, Ds]` y and z as columns of one `[rows, 2 Ds + pad]` buffer (z first, as the input

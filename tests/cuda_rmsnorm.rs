@@ -5,9 +5,12 @@
 
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu_check::{compare, gpu, to_f32, to_t};
+
 use falcon_h1_kernels::cpu;
 use falcon_h1_kernels::cuda::{Gpu, GpuDtype};
-use falcon_h1_kernels::tensor::rel_l2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -17,59 +20,11 @@ const ROWS: [usize; 3] = [1, 3, 129];
 const COLS: [usize; 7] = [1, 7, 64, 1000, 3072, 5120, 12289];
 const EPS: f32 = 1e-5;
 
-fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| {
-        panic!("tests/cuda_rmsnorm.rs needs a CUDA GPU and its driver, and found none: {e}")
-    })
-}
-
 /// Draws values, rounded to `T` so that the CPU reference sees exactly what the kernel sees.
 fn draw<T: GpuDtype>(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| T::from_f32(rng.random_range(-scale..scale)).to_f32())
         .collect()
-}
-
-fn to_t<T: GpuDtype>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-fn to_f32<T: GpuDtype>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|&x| x.to_f32()).collect()
-}
-
-/// Compares `got` with `want [rows, cols]`, prints max / mean error, the worst element and the
-/// NaN count, and fails on any NaN or a relative L2 error of `tol` or more.
-fn compare(what: &str, got: &[f32], want: &[f32], cols: usize, tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let nans = got.iter().filter(|v| !v.is_finite()).count();
-    let (mut worst, mut at, mut sum) = (0f64, 0usize, 0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g as f64 - w as f64).abs();
-        sum += d;
-        if d > worst || d.is_nan() {
-            (worst, at) = (d, i);
-        }
-    }
-    let e = rel_l2(got, want);
-    println!(
-        "{what}: rel L2 {e:.2e}, max abs {worst:.2e} at [{}, {}] (got {}, want {}), mean abs {:.2e}, \
-         non-finite {nans}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at],
-        sum / got.len() as f64
-    );
-    assert_eq!(nans, 0, "{what}: {nans} non-finite outputs");
-    assert!(
-        e < tol,
-        "{what}: rel L2 {e:.3e} >= {tol:.0e}; worst at [{}, {}]: got {}, want {}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at]
-    );
 }
 
 fn check<T: GpuDtype>(g: &Gpu, rows: usize, cols: usize, with_residual: bool, tol: f64, seed: u64) {

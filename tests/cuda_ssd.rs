@@ -7,18 +7,15 @@
 
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu_check::{compare, gpu, to_f32, to_t};
+
 use falcon_h1_kernels::cpu::ssd::{ssd_chunked, SsdDims, SsdInputs};
 use falcon_h1_kernels::cuda::ssd::{Cols, SsdCudaDims, SsdCudaInputs};
 use falcon_h1_kernels::cuda::{Gpu, GpuDtype};
-use falcon_h1_kernels::tensor::rel_l2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| {
-        panic!("tests/cuda_ssd.rs needs a CUDA GPU and its driver, and found none: {e}")
-    })
-}
 
 /// Values rounded to `T`, so the CPU reference sees exactly what the kernel sees.
 fn round<T: GpuDtype>(v: Vec<f32>) -> Vec<f32> {
@@ -38,45 +35,6 @@ fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
             (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
         })
         .collect()
-}
-
-fn to_t<T: GpuDtype>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-fn to_f32<T: GpuDtype>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|&x| x.to_f32()).collect()
-}
-
-/// Prints rel L2, the worst element (flat index and [row, col] for `cols`-wide rows) and the
-/// NaN count; fails on any non-finite value or a rel L2 of `tol` or more.
-fn compare(what: &str, got: &[f32], want: &[f32], cols: usize, tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let nans = got.iter().filter(|v| !v.is_finite()).count();
-    let (mut worst, mut at) = (0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g as f64 - w as f64).abs();
-        if d > worst || d.is_nan() {
-            (worst, at) = (d, i);
-        }
-    }
-    let e = rel_l2(got, want);
-    println!(
-        "{what}: rel L2 {e:.2e}, max abs {worst:.2e} at [{}, {}] (got {}, want {}), non-finite {nans}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at]
-    );
-    assert_eq!(nans, 0, "{what}: {nans} non-finite outputs");
-    assert!(
-        e < tol,
-        "{what}: rel L2 {e:.3e} >= {tol:.0e}; worst at [{}, {}]: got {}, want {}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at]
-    );
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -5,19 +5,16 @@
 
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu_check::{compare, gpu, to_f32, to_t};
+
 use falcon_h1_kernels::cpu::{self, SsdDims, SsdInputs, SsmUpdateDims};
 use falcon_h1_kernels::cuda::conv1d::Strided;
 use falcon_h1_kernels::cuda::ssm_update::{SsmStateDtype, SsmUpdateCudaDims, SsmUpdateInputs};
 use falcon_h1_kernels::cuda::{Gpu, GpuDtype};
-use falcon_h1_kernels::tensor::rel_l2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| {
-        panic!("tests/cuda_ssm_update.rs needs a CUDA GPU and its driver, and found none: {e}")
-    })
-}
 
 fn round<T: GpuDtype>(v: f32) -> f32 {
     T::from_f32(v).to_f32()
@@ -38,43 +35,6 @@ fn normal<T: GpuDtype>(rng: &mut StdRng, n: usize, mean: f32) -> Vec<f32> {
             round::<T>(mean + (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos())
         })
         .collect()
-}
-
-fn to_t<T: GpuDtype>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-fn to_f32<T: GpuDtype>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|&x| x.to_f32()).collect()
-}
-
-fn compare(what: &str, got: &[f32], want: &[f32], cols: usize, tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let nans = got.iter().filter(|v| !v.is_finite()).count();
-    let (mut worst, mut at) = (0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g as f64 - w as f64).abs();
-        if d > worst || d.is_nan() {
-            (worst, at) = (d, i);
-        }
-    }
-    let e = rel_l2(got, want);
-    println!(
-        "{what}: rel L2 {e:.2e}, max abs {worst:.2e} at [{}, {}] (got {}, want {}), non-finite {nans}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at]
-    );
-    assert_eq!(nans, 0, "{what}: {nans} non-finite values");
-    assert!(
-        e < tol,
-        "{what}: rel L2 {e:.3e} >= {tol:.0e}; worst at [{}, {}]: got {}, want {}",
-        at / cols,
-        at % cols,
-        got[at],
-        want[at]
-    );
 }
 
 /// One model's parameters and one token's projection row per sequence, laid out as the input

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "cuda")]
+pub mod gpu_check;
+
 use falcon_h1_kernels::model::{CpuBackend, HybridModel};
 use std::path::PathBuf;
 
