@@ -4,7 +4,7 @@
 //! inputs that are column slices of the input projection.
 
 use super::params::Conv1dParams;
-use super::{cuda_err, Gpu, GpuDtype};
+use super::{cuda_err, opt_ptr, opt_ptr_mut, Gpu, GpuDtype};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::ffi::c_void;
@@ -219,35 +219,11 @@ impl Gpu {
         let s = &self.stream;
         let (xp, _gx) = x.buf.device_ptr(s);
         let (wp, _gw) = weight.device_ptr(s);
-        let (bp, _gb) = match bias {
-            Some(b) => {
-                let (p, g) = b.device_ptr(s);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
+        let (bp, _gb) = opt_ptr(bias, s);
         let (op, _go) = out.device_ptr_mut(s);
-        let (sp, _gs) = match conv_state {
-            Some(st) => {
-                let (p, g) = st.device_ptr_mut(s);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
-        let (cup, _gc) = match cu_seqlens {
-            Some(cu) => {
-                let (p, g) = cu.device_ptr(s);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
-        let (slp, _gl) = match slot_idx {
-            Some(sl) => {
-                let (p, g) = sl.device_ptr(s);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
+        let (sp, _gs) = opt_ptr_mut(conv_state, s);
+        let (cup, _gc) = opt_ptr(cu_seqlens, s);
+        let (slp, _gl) = opt_ptr(slot_idx, s);
         let x_addr = xp as usize + x.offset * es;
         let vec = c % v == 0 && x.row_stride % v == 0 && x_addr % 16 == 0 && op % 16 == 0;
         let lanes = if vec { c / v } else { c };
@@ -377,22 +353,10 @@ impl Gpu {
         let s = &self.stream;
         let (xp, _gx) = x.buf.device_ptr(s);
         let (wp, _gw) = weight.device_ptr(s);
-        let (bp, _gb) = match bias {
-            Some(b) => {
-                let (p, g) = b.device_ptr(s);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
+        let (bp, _gb) = opt_ptr(bias, s);
         let (op, _go) = out.device_ptr_mut(s);
         let (sp, _gs) = conv_state.device_ptr_mut(s);
-        let (slp, _gl) = match slot_idx {
-            Some(sl) => {
-                let (p, g) = sl.device_ptr(s);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
+        let (slp, _gl) = opt_ptr(slot_idx, s);
         let p = Conv1dParams {
             x: elem_ptr::<T>(xp, x.offset),
             weight: elem_ptr::<T>(wp, 0),

@@ -150,6 +150,35 @@ impl GpuDtype for half::f16 {
     }
 }
 
+/// The device address of an optional input (0 when absent) and the guard that must outlive the
+/// launch that reads it.
+pub(crate) fn opt_ptr<'a, T>(
+    buf: Option<&'a CudaSlice<T>>,
+    s: &'a CudaStream,
+) -> (u64, Option<cudarc::driver::SyncOnDrop<'a>>) {
+    match buf {
+        Some(b) => {
+            let (p, g) = b.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// [`opt_ptr`] for an optional output.
+pub(crate) fn opt_ptr_mut<'a, T>(
+    buf: Option<&'a mut CudaSlice<T>>,
+    s: &'a CudaStream,
+) -> (u64, Option<cudarc::driver::SyncOnDrop<'a>>) {
+    match buf {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
 /// One GPU: its context, the kernel module (loaded once), a cache of kernel handles, and the
 /// stream every launch goes to (never the legacy default stream).
 pub struct Gpu {
