@@ -133,6 +133,7 @@ mod cuda {
             .header(kernels.join("params.h").to_string_lossy())
             .clang_arg(format!("-I{}", kernels.display()))
             .allowlist_type(".*Params")
+            .allowlist_var("ATTN_.*")
             .derive_default(true)
             .derive_debug(true)
             .derive_copy(true)

@@ -12,7 +12,9 @@
 
 // The Mamba-2 families keep their struct in a header of their own, included here so that this file
 // stays the one entry point for the kernels and for bindgen.
+#include "params_attention.h"
 #include "params_conv1d.h"
+#include "params_elementwise.h"
 #include "params_gated_norm.h"
 #include "params_ssd.h"
 #include "params_ssm_update.h"

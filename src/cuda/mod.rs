@@ -5,8 +5,11 @@
 //! Nothing links against CUDA at build time: cudarc opens libcuda when [`Gpu::new`] runs, and a
 //! machine without a driver gets an [`Error::Cuda`], not a panic.
 
+pub mod attention;
 pub mod conv1d;
+pub mod elementwise;
 pub mod gated_norm;
+pub mod gemm;
 pub mod params;
 pub mod ssd;
 pub mod ssm_update;

@@ -1,0 +1,1 @@
+//! GEMMs through cuBLASLt: `x W^T` for the model's projections.
