@@ -22,7 +22,7 @@ use cudarc::driver::{
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Device buffers, re-exported so that callers need no direct cudarc dependency.
 pub use cudarc::driver::CudaSlice;
@@ -189,6 +189,9 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// cuBLASLt handle and workspace, made on first use (so that a process that never multiplies
+    /// never needs libcublasLt).
+    blas_lt: OnceLock<cudarc::cublaslt::CudaBlasLT>,
 }
 
 impl Gpu {
@@ -231,6 +234,7 @@ impl Gpu {
                 stream,
                 module,
                 functions: Mutex::new(HashMap::new()),
+                blas_lt: OnceLock::new(),
             })
         })
     }
@@ -253,6 +257,20 @@ impl Gpu {
     /// The stream every launch of this `Gpu` goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// The cuBLASLt handle on this `Gpu`'s stream, created on first use. Errors (never panics)
+    /// when libcublasLt cannot be loaded.
+    pub(crate) fn blas_lt(&self) -> Result<&cudarc::cublaslt::CudaBlasLT> {
+        if let Some(h) = self.blas_lt.get() {
+            return Ok(h);
+        }
+        let h = no_panic("creating the cuBLASLt handle", || {
+            cudarc::cublaslt::CudaBlasLT::new(self.stream.clone())
+                .map_err(|e| cuda_err("creating the cuBLASLt handle", e))
+        })?;
+        // Another thread may have won the race; either handle is fine.
+        Ok(self.blas_lt.get_or_init(|| h))
     }
 
     /// A kernel by name, loaded from the module once and cached.
