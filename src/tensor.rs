@@ -91,3 +91,21 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     }
     best
 }
+
+/// `n` values drawn uniformly from `[lo, hi)`, deterministic in `seed` (independent streams per
+/// block of 64K values, so that big tensors fill in parallel).
+pub fn uniform_values(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 16;
+    (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .flat_map_iter(|blk| {
+            let mut rng = StdRng::seed_from_u64(seed ^ ((blk as u64) << 20));
+            let len = (n - blk * BLOCK).min(BLOCK);
+            (0..len)
+                .map(|_| if hi > lo { rng.random_range(lo..hi) } else { lo })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -56,6 +56,9 @@ pub trait Backend {
     type KvCache;
     /// A per-slot state buffer (one layer's conv state or SSM state for every slot).
     type State;
+    /// One forward's batch as the backend's ops read it (the CUDA backend keeps the token ids,
+    /// the sequence layout and the scan's chunk table on the device, made once per forward).
+    type Batch;
 
     /// A short name for messages ("cpu", "cuda:0").
     fn name(&self) -> String;
@@ -63,8 +66,27 @@ pub trait Backend {
     /// Moves a host tensor (already folded, f32) onto the backend.
     fn weight(&self, t: &HostTensor) -> Result<Self::Weight>;
 
-    /// `table[ids]`: `[ids.len(), dim]` from a `[vocab, dim]` table; an id out of range is an error.
-    fn embedding(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
+    /// A weight of `shape` filled with values drawn uniformly from `[lo, hi)` (for benchmarks
+    /// and tests of model shapes whose real weights are not at hand). Deterministic in `seed`.
+    fn random_weight(&self, shape: &[usize], lo: f32, hi: f32, seed: u64) -> Result<Self::Weight> {
+        let n: usize = shape.iter().product();
+        let data = crate::tensor::uniform_values(n, lo, hi, seed);
+        self.weight(&HostTensor::new(shape.to_vec(), data)?)
+    }
+
+    /// Prepares the batch of one forward: `batch` is the layout (already validated against the
+    /// cache by the model), `ids` the packed token ids (each `< vocab`), `cache_slots` and
+    /// `capacity` the cache's dimensions.
+    fn prepare_batch(
+        &self,
+        batch: &SeqBatch,
+        ids: &[u32],
+        cache_slots: usize,
+        capacity: usize,
+    ) -> Result<Self::Batch>;
+
+    /// `table[ids]` for the batch's token ids: `[tokens, dim]` from a `[vocab, dim]` table.
+    fn embedding(&self, table: &Self::Weight, batch: &Self::Batch) -> Result<Self::Tensor>;
 
     /// `x W^T`: `[rows, out]` from `x [rows, in]` and `w [out, in]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
@@ -74,6 +96,13 @@ pub trait Backend {
 
     /// `x += y`, both `[rows, cols]`.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+
+    /// `out += x W^T` (a projection straight into the residual stream). The default runs
+    /// [`Backend::linear`] then [`Backend::add_assign`]; a backend may fuse them.
+    fn linear_add(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor) -> Result<()> {
+        let y = self.linear(x, w)?;
+        self.add_assign(out, &y)
+    }
 
     /// Splits `x [rows, sum(widths)]` into column blocks `[rows, widths[i]]`.
     fn split_cols(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
@@ -96,16 +125,6 @@ pub trait Backend {
         norm_before_gate: bool,
     ) -> Result<Self::Tensor>;
 
-    /// NeoX RoPE in place on `x [rows, heads * head_dim]`, row r at position `positions[r]`.
-    fn rope(
-        &self,
-        x: &mut Self::Tensor,
-        positions: &[usize],
-        heads: usize,
-        head_dim: usize,
-        theta: f64,
-    ) -> Result<()>;
-
     /// An empty KV cache for `slots` sequences of at most `capacity` tokens each.
     fn new_kv_cache(
         &self,
@@ -120,17 +139,20 @@ pub trait Backend {
     /// Zeroes the state of one slot (a new sequence reuses it).
     fn reset_state(&self, state: &mut Self::State, slot: usize) -> Result<()>;
 
-    /// Appends `k, v [tokens, Hkv*hd]` (RoPE already applied to k) to each sequence's cache, then
-    /// computes causal GQA attention of `q [tokens, Hq*hd]` against everything cached for that
-    /// sequence: `[tokens, Hq*hd]`. Errors when a sequence would exceed the cache capacity.
+    /// Applies NeoX RoPE (`rope_theta`) at each token's position to `q [tokens, Hq*hd]` and
+    /// `k [tokens, Hkv*hd]`, appends `k` and `v` to each sequence's cache, then computes causal GQA
+    /// attention of `q` against everything cached for that sequence: `[tokens, Hq*hd]`. Errors
+    /// when a sequence would exceed the cache capacity.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
-        q: &Self::Tensor,
+        q: Self::Tensor,
         k: &Self::Tensor,
         v: &Self::Tensor,
         cache: &mut Self::KvCache,
-        batch: &SeqBatch,
+        batch: &Self::Batch,
         shape: AttnShape,
+        rope_theta: f64,
     ) -> Result<Self::Tensor>;
 
     /// Causal depthwise conv1d + bias + SiLU of `x [tokens, C]` with weight `[C, K]`, continuing
@@ -141,7 +163,7 @@ pub trait Backend {
         weight: &Self::Weight,
         bias: Option<&Self::Weight>,
         state: &mut Self::State,
-        batch: &SeqBatch,
+        batch: &Self::Batch,
         width: usize,
     ) -> Result<Self::Tensor>;
 
@@ -157,7 +179,7 @@ pub trait Backend {
         c: &Self::Tensor,
         params: MambaParams<'_, Self::Weight>,
         state: &mut Self::State,
-        batch: &SeqBatch,
+        batch: &Self::Batch,
         shape: SsdShape,
     ) -> Result<Self::Tensor>;
 

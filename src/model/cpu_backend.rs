@@ -29,6 +29,15 @@ impl CpuKvCache {
     }
 }
 
+/// One forward's batch on the CPU: the layout and the token ids.
+#[derive(Debug, Clone)]
+pub struct CpuBatch {
+    /// The packed layout.
+    pub seq: SeqBatch,
+    /// Token ids, packed.
+    pub ids: Vec<u32>,
+}
+
 /// Per-slot state on the CPU: `slots * width` values.
 #[derive(Debug, Clone)]
 pub struct CpuState {
@@ -84,6 +93,7 @@ impl Backend for CpuBackend {
     type Weight = HostTensor;
     type KvCache = CpuKvCache;
     type State = CpuState;
+    type Batch = CpuBatch;
 
     fn name(&self) -> String {
         "cpu".into()
@@ -93,8 +103,29 @@ impl Backend for CpuBackend {
         Ok(t.clone())
     }
 
-    fn embedding(&self, table: &HostTensor, ids: &[u32]) -> Result<HostTensor> {
+    fn prepare_batch(
+        &self,
+        batch: &SeqBatch,
+        ids: &[u32],
+        _cache_slots: usize,
+        _capacity: usize,
+    ) -> Result<CpuBatch> {
+        if ids.len() != batch.total_tokens() {
+            return Err(Error::invalid(format!(
+                "batch: {} token ids for a layout of {} tokens",
+                ids.len(),
+                batch.total_tokens()
+            )));
+        }
+        Ok(CpuBatch {
+            seq: batch.clone(),
+            ids: ids.to_vec(),
+        })
+    }
+
+    fn embedding(&self, table: &HostTensor, batch: &CpuBatch) -> Result<HostTensor> {
         let (_, dim) = dims2(table, "embedding table")?;
+        let ids = &batch.ids;
         tensor(ids.len(), dim, cpu::embedding(ids, &table.data, dim, 1.0)?)
     }
 
@@ -188,17 +219,6 @@ impl Backend for CpuBackend {
         tensor(rows, cols, out)
     }
 
-    fn rope(
-        &self,
-        x: &mut HostTensor,
-        positions: &[usize],
-        heads: usize,
-        head_dim: usize,
-        theta: f64,
-    ) -> Result<()> {
-        cpu::rope_neox(&mut x.data, positions, heads, head_dim, theta)
-    }
-
     fn new_kv_cache(&self, slots: usize, capacity: usize, shape: AttnShape) -> Result<CpuKvCache> {
         Ok(CpuKvCache {
             capacity,
@@ -222,16 +242,18 @@ impl Backend for CpuBackend {
 
     fn attention(
         &self,
-        q: &HostTensor,
+        mut q: HostTensor,
         k: &HostTensor,
         v: &HostTensor,
         cache: &mut CpuKvCache,
-        batch: &SeqBatch,
+        batch: &CpuBatch,
         shape: AttnShape,
+        rope_theta: f64,
     ) -> Result<HostTensor> {
+        let batch = &batch.seq;
         let kv_cols = shape.n_kv_heads * shape.head_dim;
         let q_cols = shape.n_heads * shape.head_dim;
-        let (rows, qc) = dims2(q, "attention q")?;
+        let (rows, qc) = dims2(&q, "attention q")?;
         if qc != q_cols || k.shape != [rows, kv_cols] || v.shape != [rows, kv_cols] {
             return Err(Error::invalid(format!(
                 "attention: q {:?}, k {:?}, v {:?} do not match {} tokens with Hq*hd = {q_cols}, Hkv*hd = {kv_cols}",
@@ -250,6 +272,11 @@ impl Backend for CpuBackend {
                 cu[batch.num_seqs()]
             )));
         }
+        let positions = batch.positions();
+        let (hq, hkv, hd) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
+        cpu::rope_neox(&mut q.data, &positions, hq, hd, rope_theta)?;
+        let mut k = k.clone();
+        cpu::rope_neox(&mut k.data, &positions, hkv, hd, rope_theta)?;
         // Append first (sequentially: slots are distinct), then attend in parallel.
         for (i, &slot) in batch.slots.iter().enumerate() {
             let have = cache.len(slot);
@@ -301,9 +328,10 @@ impl Backend for CpuBackend {
         weight: &HostTensor,
         bias: Option<&HostTensor>,
         state: &mut CpuState,
-        batch: &SeqBatch,
+        batch: &CpuBatch,
         width: usize,
     ) -> Result<HostTensor> {
+        let batch = &batch.seq;
         let (rows, channels) = dims2(x, "conv1d input")?;
         let cu = batch.cu_seqlens();
         if cu[batch.num_seqs()] != rows {
@@ -337,9 +365,10 @@ impl Backend for CpuBackend {
         c: &HostTensor,
         params: MambaParams<'_, HostTensor>,
         state: &mut CpuState,
-        batch: &SeqBatch,
+        batch: &CpuBatch,
         shape: SsdShape,
     ) -> Result<HostTensor> {
+        let batch = &batch.seq;
         let (h, p, g, n) = (shape.heads, shape.head_dim, shape.groups, shape.state);
         let (rows, _) = dims2(x, "ssd x")?;
         let cu = batch.cu_seqlens();

@@ -250,11 +250,11 @@ impl<B: Backend> HybridModel<B> {
             )));
         }
         let be = &self.backend;
-        let mut h = be.embedding(&self.embed_tokens, &ids)?;
-        let positions = batch.positions();
+        let prepared = be.prepare_batch(&batch, &ids, cache.slots(), cache.capacity)?;
+        let mut h = be.embedding(&self.embed_tokens, &prepared)?;
         let mut hidden = Vec::new();
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            self.layer_forward(layer, lc, &mut h, &batch, &positions)?;
+            self.layer_forward(layer, lc, &mut h, &prepared)?;
             if hidden_states {
                 hidden.push(be.to_host(&h)?);
             }
@@ -285,8 +285,7 @@ impl<B: Backend> HybridModel<B> {
         l: &Layer<B>,
         lc: &mut LayerCache<B>,
         h: &mut B::Tensor,
-        batch: &SeqBatch,
-        positions: &[usize],
+        batch: &B::Batch,
     ) -> Result<()> {
         let be = &self.backend;
         let c = &self.cfg;
@@ -336,40 +335,25 @@ impl<B: Backend> HybridModel<B> {
             eps,
             c.mamba_norm_before_gate,
         )?;
-        let mamba_out = be.linear(&y, &l.out_proj)?;
 
-        // Attention branch on the same normed input.
+        // Attention branch on the same normed input (RoPE inside the attention op).
         let shape = self.attn_shape();
-        let mut q = be.linear(&n, &l.q_proj)?;
-        let mut k = be.linear(&n, &l.k_proj)?;
+        let q = be.linear(&n, &l.q_proj)?;
+        let k = be.linear(&n, &l.k_proj)?;
         let v = be.linear(&n, &l.v_proj)?;
-        be.rope(
-            &mut q,
-            positions,
-            shape.n_heads,
-            shape.head_dim,
-            c.rope_theta,
-        )?;
-        be.rope(
-            &mut k,
-            positions,
-            shape.n_kv_heads,
-            shape.head_dim,
-            c.rope_theta,
-        )?;
-        let attn = be.attention(&q, &k, &v, &mut lc.kv, batch, shape)?;
-        let attn_out = be.linear(&attn, &l.o_proj)?;
+        let attn = be.attention(q, &k, &v, &mut lc.kv, batch, shape, c.rope_theta)?;
 
-        be.add_assign(h, &mamba_out)?;
-        be.add_assign(h, &attn_out)?;
+        // Both branches add into the residual stream (HF sums them before adding: the order
+        // differs only by f32 rounding).
+        be.linear_add(&y, &l.out_proj, h)?;
+        be.linear_add(&attn, &l.o_proj, h)?;
 
         // SwiGLU MLP.
         let n2 = be.rms_norm(h, &l.pre_ff_layernorm, eps)?;
         let gate = be.linear(&n2, &l.gate_proj)?;
         let up = be.linear(&n2, &l.up_proj)?;
         let act = be.swiglu(&gate, &up)?;
-        let down = be.linear(&act, &l.down_proj)?;
-        be.add_assign(h, &down)
+        be.linear_add(&act, &l.down_proj, h)
     }
 
     /// One forward over whole prompts in a fresh cache; returns every token's logits

@@ -8,6 +8,6 @@ mod hybrid;
 
 pub use backend::{AttnShape, Backend, MambaParams, SsdShape};
 pub use batch::SeqBatch;
-pub use cpu_backend::{CpuBackend, CpuKvCache, CpuState};
+pub use cpu_backend::{CpuBackend, CpuBatch, CpuKvCache, CpuState};
 pub use generate::{argmax, generate, sample, Generation, Sampling};
 pub use hybrid::{ForwardOutput, HybridCache, HybridModel, LayerCache, Logits};
