@@ -33,6 +33,16 @@ pub struct SsdShape {
     pub dt_limit: (f32, f32),
 }
 
+/// Which per-slot state a buffer holds (a backend may store them in different dtypes: the CUDA
+/// backend keeps the conv state in the activation dtype and the SSM state in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// The conv state `[C, K-1]` per slot.
+    Conv,
+    /// The SSM state `[H, P, N]` per slot.
+    Ssm,
+}
+
 /// The per-head parameters of one Mamba mixer, resident on the backend.
 pub struct MambaParams<'a, W> {
     /// dt bias [H].
@@ -134,7 +144,7 @@ pub trait Backend {
     ) -> Result<Self::KvCache>;
 
     /// A zeroed state of `width` values for each of `slots` sequences.
-    fn new_state(&self, slots: usize, width: usize) -> Result<Self::State>;
+    fn new_state(&self, slots: usize, width: usize, kind: StateKind) -> Result<Self::State>;
 
     /// Zeroes the state of one slot (a new sequence reuses it).
     fn reset_state(&self, state: &mut Self::State, slot: usize) -> Result<()>;

@@ -1,6 +1,6 @@
 //! The CPU reference backend: f32 host tensors, every op from [`crate::cpu`].
 
-use super::backend::{AttnShape, Backend, MambaParams, SsdShape};
+use super::backend::{AttnShape, Backend, MambaParams, SsdShape, StateKind};
 use super::batch::SeqBatch;
 use crate::cpu;
 use crate::error::{Error, Result};
@@ -228,7 +228,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn new_state(&self, slots: usize, width: usize) -> Result<CpuState> {
+    fn new_state(&self, slots: usize, width: usize, _kind: StateKind) -> Result<CpuState> {
         Ok(CpuState {
             width,
             data: vec![0.0; slots * width],

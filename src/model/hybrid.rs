@@ -1,7 +1,7 @@
 //! The Falcon-H1 hybrid model, written once over [`Backend`]: every layer runs attention and the
 //! Mamba-2 mixer side by side on the same normed input, then the SwiGLU MLP.
 
-use super::backend::{AttnShape, Backend, MambaParams, SsdShape};
+use super::backend::{AttnShape, Backend, MambaParams, SsdShape, StateKind};
 use super::batch::SeqBatch;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -60,6 +60,13 @@ impl<B: Backend> HybridCache<B> {
     /// Most tokens one slot may hold.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Counts a step's tokens as seen by their slots.
+    pub(crate) fn advance(&mut self, batch: &SeqBatch) {
+        for (i, &s) in batch.slots.iter().enumerate() {
+            self.seq_lens[s] += batch.lens[i];
+        }
     }
 }
 
@@ -138,6 +145,71 @@ impl<B: Backend> HybridModel<B> {
         })
     }
 
+    /// A model of `cfg`'s shape with random weights made on the backend itself (no host copy of
+    /// the weights, so that the 7B and 34B presets fit any host): matrices uniform in
+    /// `±1/sqrt(in)`, norms around 1, `softplus(dt_bias)` in about [1e-3, 0.1], `A` in [-16, -1],
+    /// `D` around 1, as [`crate::weights::ModelWeights::random`] draws them. Deterministic in
+    /// `seed`; for benchmarks (the values are not a trained model's).
+    pub fn random(backend: B, cfg: Config, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let next = std::cell::Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let rnd = |shape: &[usize], lo: f32, hi: f32| {
+            next.set(next.get().wrapping_add(0x9E37_79B9_7F4A_7C15));
+            backend.random_weight(shape, lo, hi, next.get())
+        };
+        let matrix = |out: usize, inp: usize| {
+            let a = 1.0 / (inp as f32).sqrt();
+            rnd(&[out, inp], -a, a)
+        };
+        let c = &cfg;
+        let d = c.hidden_size;
+        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for _ in 0..c.num_hidden_layers {
+            layers.push(Layer {
+                q_proj: matrix(hq * hd, d)?,
+                k_proj: matrix(hkv * hd, d)?,
+                v_proj: matrix(hkv * hd, d)?,
+                o_proj: matrix(d, hq * hd)?,
+                in_proj: matrix(c.in_proj_dim(), d)?,
+                out_proj: matrix(d, c.mamba_d_ssm)?,
+                gate_proj: matrix(c.intermediate_size, d)?,
+                up_proj: matrix(c.intermediate_size, d)?,
+                down_proj: matrix(d, c.intermediate_size)?,
+                input_layernorm: rnd(&[d], 0.9, 1.1)?,
+                pre_ff_layernorm: rnd(&[d], 0.9, 1.1)?,
+                conv_weight: rnd(&[c.conv_dim(), c.mamba_d_conv], -0.5, 0.5)?,
+                conv_bias: if c.mamba_conv_bias {
+                    Some(rnd(&[c.conv_dim()], -0.1, 0.1)?)
+                } else {
+                    None
+                },
+                // softplus^-1 of 1e-3 and 0.1.
+                dt_bias: rnd(&[c.mamba_n_heads], -6.9, -2.25)?,
+                a_log: rnd(&[c.mamba_n_heads], 0.0, 16f32.ln())?,
+                d: rnd(&[c.mamba_n_heads], 0.9, 1.1)?,
+                norm: if c.mamba_rms_norm {
+                    Some(rnd(&[c.mamba_d_ssm], 0.9, 1.1)?)
+                } else {
+                    None
+                },
+            });
+        }
+        let v = c.vocab_size;
+        let embed_tokens = rnd(&[v, d], -1.0, 1.0)?;
+        let final_layernorm = rnd(&[d], 0.9, 1.1)?;
+        let a = 1.0 / (d as f32).sqrt();
+        let lm_head = rnd(&[v, d], -a, a)?;
+        Ok(Self {
+            embed_tokens,
+            final_layernorm,
+            lm_head,
+            layers,
+            cfg,
+            backend,
+        })
+    }
+
     /// The model's config.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -184,8 +256,8 @@ impl<B: Backend> HybridModel<B> {
                     kv: self
                         .backend
                         .new_kv_cache(slots, capacity, self.attn_shape())?,
-                    conv: self.backend.new_state(slots, conv_width)?,
-                    ssm: self.backend.new_state(slots, ssm_width)?,
+                    conv: self.backend.new_state(slots, conv_width, StateKind::Conv)?,
+                    ssm: self.backend.new_state(slots, ssm_width, StateKind::Ssm)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -207,6 +279,32 @@ impl<B: Backend> HybridModel<B> {
         logits: Logits,
         hidden_states: bool,
     ) -> Result<ForwardOutput> {
+        let (batch, ids) = self.plan_step(tokens, slots, cache)?;
+        let be = &self.backend;
+        let prepared = be.prepare_batch(&batch, &ids, cache.slots(), cache.capacity)?;
+        let mut hidden = Vec::new();
+        let out = self.run_prepared(
+            &prepared,
+            &batch,
+            &mut cache.layers,
+            logits,
+            hidden_states.then_some(&mut hidden),
+        )?;
+        cache.advance(&batch);
+        Ok(ForwardOutput {
+            logits: out.map(|t| be.to_host(&t)).transpose()?,
+            hidden_states: hidden,
+        })
+    }
+
+    /// Checks a step against the cache (slots in range, capacity, token ids), zeroes the states of
+    /// slots that start a new sequence, and returns the batch layout and the packed ids.
+    pub(crate) fn plan_step(
+        &self,
+        tokens: &[&[u32]],
+        slots: &[usize],
+        cache: &mut HybridCache<B>,
+    ) -> Result<(SeqBatch, Vec<u32>)> {
         if tokens.len() != slots.len() {
             return Err(Error::invalid(format!(
                 "forward: {} token lists for {} slots",
@@ -234,13 +332,6 @@ impl<B: Backend> HybridModel<B> {
                     batch.starts[i], batch.lens[i], cache.capacity
                 )));
             }
-            if batch.starts[i] == 0 {
-                // A fresh sequence in a reused slot starts from zero states.
-                for lc in cache.layers.iter_mut() {
-                    self.backend.reset_state(&mut lc.conv, s)?;
-                    self.backend.reset_state(&mut lc.ssm, s)?;
-                }
-            }
         }
         let ids: Vec<u32> = tokens.concat();
         let vocab = self.cfg.vocab_size;
@@ -249,21 +340,39 @@ impl<B: Backend> HybridModel<B> {
                 "token id {bad} is out of range for a vocabulary of {vocab}"
             )));
         }
-        let be = &self.backend;
-        let prepared = be.prepare_batch(&batch, &ids, cache.slots(), cache.capacity)?;
-        let mut h = be.embedding(&self.embed_tokens, &prepared)?;
-        let mut hidden = Vec::new();
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            self.layer_forward(layer, lc, &mut h, &prepared)?;
-            if hidden_states {
-                hidden.push(be.to_host(&h)?);
+        for (i, &s) in slots.iter().enumerate() {
+            if batch.starts[i] == 0 {
+                // A fresh sequence in a reused slot starts from zero states.
+                for lc in cache.layers.iter_mut() {
+                    self.backend.reset_state(&mut lc.conv, s)?;
+                    self.backend.reset_state(&mut lc.ssm, s)?;
+                }
             }
         }
-        for (i, &s) in slots.iter().enumerate() {
-            cache.seq_lens[s] += batch.lens[i];
+        Ok((batch, ids))
+    }
+
+    /// Runs a prepared batch through every layer and the head, with no checks and no cache
+    /// bookkeeping (see [`HybridModel::plan_step`] and [`HybridCache::advance`]); the logits stay
+    /// on the backend. Launches only, so a backend can capture it as a graph.
+    pub(crate) fn run_prepared(
+        &self,
+        prepared: &B::Batch,
+        batch: &SeqBatch,
+        layers: &mut [LayerCache<B>],
+        logits: Logits,
+        mut hidden: Option<&mut Vec<HostTensor>>,
+    ) -> Result<Option<B::Tensor>> {
+        let be = &self.backend;
+        let mut h = be.embedding(&self.embed_tokens, prepared)?;
+        for (layer, lc) in self.layers.iter().zip(layers.iter_mut()) {
+            self.layer_forward(layer, lc, &mut h, prepared)?;
+            if let Some(hs) = hidden.as_deref_mut() {
+                hs.push(be.to_host(&h)?);
+            }
         }
-        let logits = match logits {
-            Logits::None => None,
+        match logits {
+            Logits::None => Ok(None),
             mode => {
                 let h = if mode == Logits::Last {
                     be.select_rows(&h, &batch.last_rows())?
@@ -271,13 +380,9 @@ impl<B: Backend> HybridModel<B> {
                     h
                 };
                 let n = be.rms_norm(&h, &self.final_layernorm, self.cfg.rms_norm_eps as f32)?;
-                Some(be.to_host(&be.linear(&n, &self.lm_head)?)?)
+                Ok(Some(be.linear(&n, &self.lm_head)?))
             }
-        };
-        Ok(ForwardOutput {
-            logits,
-            hidden_states: hidden,
-        })
+        }
     }
 
     fn layer_forward(

@@ -6,7 +6,7 @@ mod cpu_backend;
 mod generate;
 mod hybrid;
 
-pub use backend::{AttnShape, Backend, MambaParams, SsdShape};
+pub use backend::{AttnShape, Backend, MambaParams, SsdShape, StateKind};
 pub use batch::SeqBatch;
 pub use cpu_backend::{CpuBackend, CpuBatch, CpuKvCache, CpuState};
 pub use generate::{argmax, generate, sample, Generation, Sampling};
