@@ -36,3 +36,14 @@ typedef struct RmsNormParams {
     int64_t out_row_stride;
     float eps;
 } RmsNormParams;
+
+// Fills a buffer with values uniform in [lo, hi) from a counter-based hash (splitmix64 of
+// seed + index), so that weights for benchmarks of big presets are made on the device, in parallel,
+// the same on every run.
+typedef struct FillParams {
+    void* out;       // [n]
+    int64_t n;
+    float lo;
+    float hi;
+    uint64_t seed;
+} FillParams;

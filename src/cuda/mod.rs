@@ -10,6 +10,7 @@ pub mod conv1d;
 pub mod elementwise;
 pub mod gated_norm;
 pub mod gemm;
+pub mod init;
 pub mod params;
 pub mod ssd;
 pub mod ssm_update;
@@ -192,6 +193,9 @@ pub struct Gpu {
     /// cuBLASLt handle and workspace, made on first use (so that a process that never multiplies
     /// never needs libcublasLt).
     blas_lt: OnceLock<cudarc::cublaslt::CudaBlasLT>,
+    /// cuBLASLt workspace, allocated once at the largest size an algorithm may ask for (so that a
+    /// captured CUDA graph's GEMMs allocate nothing).
+    lt_workspace: Mutex<Option<CudaSlice<u8>>>,
 }
 
 impl Gpu {
@@ -215,6 +219,11 @@ impl Gpu {
             }
             let ctx = CudaContext::new(ordinal)
                 .map_err(|e| cuda_err(&format!("opening device {ordinal}"), e))?;
+            // SAFETY: every buffer of this crate is used on this Gpu's one stream, so cudarc's
+            // per-buffer events (which would make a captured CUDA graph wait on events recorded
+            // outside the capture) are not needed for ordering. Callers that use other streams
+            // with these buffers must synchronise themselves (documented on `Gpu::stream`).
+            unsafe { ctx.disable_event_tracking() };
             let stream = ctx
                 .new_stream()
                 .map_err(|e| cuda_err("creating a stream", e))?;
@@ -235,6 +244,7 @@ impl Gpu {
                 module,
                 functions: Mutex::new(HashMap::new()),
                 blas_lt: OnceLock::new(),
+                lt_workspace: Mutex::new(None),
             })
         })
     }
@@ -242,6 +252,65 @@ impl Gpu {
     /// The device's name.
     pub fn name(&self) -> Result<String> {
         self.ctx.name().map_err(|e| cuda_err("device name", e))
+    }
+
+    /// Free and total memory of this device, in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        cudarc::driver::result::mem_get_info().map_err(|e| cuda_err("querying device memory", e))
+    }
+
+    /// The most bytes in use at once in the device's default memory pool (where every buffer of
+    /// this crate comes from) since the last [`Gpu::reset_peak_memory`]: the peak device memory of
+    /// the work in between, weights and caches included.
+    pub fn peak_memory(&self) -> Result<u64> {
+        use cudarc::driver::sys;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut high: u64 = 0;
+        // SAFETY: plain out-parameters of the right types; the device handle comes from the live
+        // context.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
+                .result()
+                .map_err(|e| cuda_err("getting the default memory pool", e))?;
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut high as *mut u64 as *mut c_void,
+            )
+            .result()
+            .map_err(|e| cuda_err("reading the pool's peak", e))?;
+        }
+        Ok(high)
+    }
+
+    /// Restarts [`Gpu::peak_memory`] from the memory in use now.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        use cudarc::driver::sys;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut zero: u64 = 0;
+        // SAFETY: as in peak_memory; the driver only accepts 0 for this attribute.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
+                .result()
+                .map_err(|e| cuda_err("getting the default memory pool", e))?;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut zero as *mut u64 as *mut c_void,
+            )
+            .result()
+            .map_err(|e| cuda_err("resetting the pool's peak", e))?;
+        }
+        Ok(())
     }
 
     /// The device's ordinal.
@@ -254,7 +323,8 @@ impl Gpu {
         &self.ctx
     }
 
-    /// The stream every launch of this `Gpu` goes to.
+    /// The stream every launch of this `Gpu` goes to. Buffers made here carry no cross-stream
+    /// events: work on another stream that touches them must be ordered by the caller.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -289,7 +359,7 @@ impl Gpu {
     }
 
     /// Copies host values to a new device buffer (on this `Gpu`'s stream).
-    pub fn upload<T: GpuDtype>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         self.stream
             .clone_htod(host)
             .map_err(|e| cuda_err("host to device copy", e))
