@@ -1,1 +1,1000 @@
-//! Attention on the GPU: RoPE + KV-cache append, causal flash prefill, split-KV decode.
+//! Attention on the GPU: RoPE + KV-cache append (kernels/kv_append.cu), causal prefill
+//! (kernels/attention_prefill.cu for bf16/f16, the scalar `attn_fwd_f32` of
+//! kernels/attention_decode.cu for f32) and split-KV decode with its log-sum-exp combine
+//! (kernels/attention_decode.cu).
+//!
+//! # KV cache layout
+//! One [`GpuKvCache`] per layer holds keys and values, each `[slots, capacity, Hkv, hd]` dense in
+//! the activation dtype: token `t` of slot `s`, kv head `g` starts at element
+//! `((s * capacity + t) * Hkv + g) * hd`.
+//!
+//! # Batches
+//! An [`AttnBatch`] describes a packed (varlen) batch on the device: sequence `b` has `lens[b]`
+//! new tokens (packed rows `cu_seqlens[b] .. cu_seqlens[b+1]` of q, k, v and out), `starts[b]`
+//! tokens already cached in slot `slots[b]`. A step is: [`Gpu::kv_append`] (RoPE on q and k, append
+//! k and v), then [`Gpu::attention_prefill_into`] or, when every sequence has one new token,
+//! [`Gpu::attention_decode_into`].
+//!
+//! # Head dims
+//! bf16 and f16: head_dim 64 or 128 (the tensor-core prefill kernels and the decode kernels are
+//! built for those only; anything else is an error). f32 (the parity path): any even head_dim
+//! from 2 to 256; decode at 64 and 128 uses the split-KV kernels, other sizes the scalar f32
+//! kernel (which handles one new token per sequence as well).
+//!
+//! Everything is asynchronous on [`Gpu::stream`] and can be captured in a CUDA graph: the kernels
+//! read lengths, positions and slots from the batch's device arrays, which
+//! [`Gpu::attn_batch_update`] rewrites in place between replays.
+
+use super::conv1d::{elem_ptr, Strided};
+use super::params::{
+    AttnParams, KvAppendParams, ATTN_FWD_BLOCK_M, ATTN_FWD_SMEM_HD128, ATTN_FWD_SMEM_HD64,
+    ATTN_FWD_THREADS,
+};
+use super::{cuda_err, Gpu, GpuDtype};
+use crate::error::{Error, Result};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
+
+// SAFETY: plain C structs of pointers and integers, passed by value as the kernel argument.
+unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for KvAppendParams {}
+
+/// Element types the attention kernels take: `half::bf16`, `half::f16` and `f32`.
+pub trait AttnDtype: GpuDtype {
+    /// Whether the dtype runs on the tensor-core kernels (head_dim 64 or 128 only).
+    const HALF: bool;
+}
+impl AttnDtype for half::bf16 {
+    const HALF: bool = true;
+}
+impl AttnDtype for half::f16 {
+    const HALF: bool = true;
+}
+impl AttnDtype for f32 {
+    const HALF: bool = false;
+}
+
+/// Largest f32 head_dim (the scalar f32 kernels keep 8 values per lane).
+pub const MAX_F32_HEAD_DIM: usize = 256;
+
+/// Query heads per decode block, by GQA ratio (a block serves `gq` of the `Hq / Hkv` query heads
+/// sharing one kv head; the decode kernels are built for these `gq`).
+fn decode_gq(rep: usize) -> usize {
+    match rep {
+        1 => 1,
+        2 => 2,
+        3 | 4 => 4,
+        5 | 6 => 6,
+        _ => 8,
+    }
+}
+
+/// Fewest keys per split worth a block of the decode kernel (its 4 warps take 8 to 32 keys per
+/// step, so a split is at least 8 steps).
+const DECODE_MIN_KEYS_PER_SPLIT: usize = 256;
+/// Most splits per (sequence, kv head) (the combine kernel's shared memory holds 1024 weights).
+const DECODE_MAX_SPLITS: usize = 1024;
+
+/// The split-KV rule: enough splits that `batch * kv_blocks * splits` is about 8 blocks per SM
+/// (several waves at the decode kernel's 2 to 3 resident blocks per SM, so the tail is short),
+/// but no split shorter than [`DECODE_MIN_KEYS_PER_SPLIT`] keys of `max_kv` (else the partial
+/// outputs and the per-block merge cost more than they balance).
+pub fn decode_num_splits(batch: usize, kv_blocks: usize, max_kv: usize, sm_count: usize) -> usize {
+    let want = (8 * sm_count.max(1)).div_ceil((batch * kv_blocks).max(1));
+    let cap = max_kv.div_ceil(DECODE_MIN_KEYS_PER_SPLIT).max(1);
+    want.min(cap).clamp(1, DECODE_MAX_SPLITS)
+}
+
+/// One layer's KV cache on the device: `keys` and `values`, each `[slots, capacity, Hkv, hd]`
+/// dense in `T` (token `t` of slot `s`, kv head `g` at `((s * capacity + t) * Hkv + g) * hd`).
+pub struct GpuKvCache<T: AttnDtype> {
+    keys: CudaSlice<T>,
+    values: CudaSlice<T>,
+    slots: usize,
+    capacity: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl<T: AttnDtype> GpuKvCache<T> {
+    /// Sequence slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+    /// Tokens per slot.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Key/value heads (Hkv).
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    /// Head size (hd).
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    /// Keys `[slots, capacity, Hkv, hd]`.
+    pub fn keys(&self) -> &CudaSlice<T> {
+        &self.keys
+    }
+    /// Values `[slots, capacity, Hkv, hd]`.
+    pub fn values(&self) -> &CudaSlice<T> {
+        &self.values
+    }
+    /// Device bytes of keys and values together.
+    pub fn bytes(&self) -> usize {
+        2 * self.keys.len() * std::mem::size_of::<T>()
+    }
+    /// Keys and values, mutable (e.g. to copy a slot; the layout is the struct's).
+    pub fn keys_values_mut(&mut self) -> (&mut CudaSlice<T>, &mut CudaSlice<T>) {
+        (&mut self.keys, &mut self.values)
+    }
+}
+
+/// A packed batch described on the device: `cu_seqlens [batch + 1]`, `seq_start [batch]` and
+/// `slot_idx [batch]` as int32 (see the module docs), plus host copies for validation and launch
+/// geometry.
+pub struct AttnBatch {
+    cu_seqlens: CudaSlice<i32>,
+    seq_start: CudaSlice<i32>,
+    slot_idx: CudaSlice<i32>,
+    lens: Vec<usize>,
+    starts: Vec<usize>,
+    slots: Vec<usize>,
+    tokens: usize,
+    max_new: usize,
+    max_kv: usize,
+}
+
+impl AttnBatch {
+    /// Sequences.
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+    /// New tokens of all sequences (packed rows of q, k, v and out).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+    /// Most new tokens of any sequence.
+    pub fn max_new(&self) -> usize {
+        self.max_new
+    }
+    /// Most keys of any sequence after the append (`starts[b] + lens[b]`).
+    pub fn max_kv(&self) -> usize {
+        self.max_kv
+    }
+    /// Every sequence has exactly one new token.
+    pub fn is_decode(&self) -> bool {
+        self.lens.iter().all(|&l| l == 1)
+    }
+    /// New tokens per sequence `[batch]`.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+    /// Cached tokens per sequence before this step `[batch]` (the first new token's position).
+    pub fn starts(&self) -> &[usize] {
+        &self.starts
+    }
+    /// Cache slot per sequence `[batch]`.
+    pub fn slots(&self) -> &[usize] {
+        &self.slots
+    }
+    /// The device `cu_seqlens [batch + 1]` (int32).
+    pub fn cu_seqlens(&self) -> &CudaSlice<i32> {
+        &self.cu_seqlens
+    }
+    /// The device `seq_start [batch]` (int32).
+    pub fn seq_start(&self) -> &CudaSlice<i32> {
+        &self.seq_start
+    }
+    /// The device `slot_idx [batch]` (int32).
+    pub fn slot_idx(&self) -> &CudaSlice<i32> {
+        &self.slot_idx
+    }
+}
+
+/// Scratch for split-KV decode: `partial_out [batch, Hq, splits, hd]` and
+/// `partial_lse [batch, Hq, splits]` f32, sized for (batch, Hq, hd, max splits). Reused across
+/// steps (and by a captured graph: the split count a launch uses depends only on this scratch and
+/// the cache's Hkv, never on the current lengths).
+pub struct DecodeScratch {
+    partial_out: CudaSlice<f32>,
+    partial_lse: CudaSlice<f32>,
+    batch: usize,
+    n_heads: usize,
+    head_dim: usize,
+    max_kv: usize,
+    max_splits: usize,
+    sm_count: usize,
+}
+
+impl DecodeScratch {
+    /// Sequences it serves.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    /// Query heads (Hq).
+    pub fn n_heads(&self) -> usize {
+        self.n_heads
+    }
+    /// Head size.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    /// The key count the split rule was tuned for (longer sequences still work: the splits grow).
+    pub fn max_kv(&self) -> usize {
+        self.max_kv
+    }
+    /// Splits the buffers hold room for.
+    pub fn max_splits(&self) -> usize {
+        self.max_splits
+    }
+    /// Splits a launch against a cache with `n_kv_heads` kv heads uses ([`decode_num_splits`]).
+    pub fn num_splits(&self, n_kv_heads: usize) -> usize {
+        let rep = (self.n_heads / n_kv_heads.max(1)).max(1);
+        let kv_blocks = n_kv_heads * rep.div_ceil(decode_gq(rep));
+        decode_num_splits(self.batch, kv_blocks, self.max_kv, self.sm_count).min(self.max_splits)
+    }
+}
+
+/// Checks `head_dim` for dtype `T` (see the module docs).
+fn check_head_dim<T: AttnDtype>(op: &str, hd: usize) -> Result<()> {
+    if T::HALF {
+        if hd != 64 && hd != 128 {
+            return Err(Error::invalid(format!(
+                "{op}: head_dim {hd} is not supported for {}: the kernels are built for 64 and 128",
+                T::SUFFIX
+            )));
+        }
+    } else if hd == 0 || hd % 2 != 0 || hd > MAX_F32_HEAD_DIM {
+        return Err(Error::invalid(format!(
+            "{op}: head_dim {hd} is not supported for f32: it must be even, 2 to {MAX_F32_HEAD_DIM}"
+        )));
+    }
+    Ok(())
+}
+
+/// Host validation of a batch's arrays against a cache's geometry.
+fn check_batch_host(
+    op: &str,
+    slots: &[usize],
+    lens: &[usize],
+    starts: &[usize],
+    cache_slots: usize,
+    capacity: usize,
+) -> Result<()> {
+    let batch = lens.len();
+    if batch == 0 {
+        return Err(Error::invalid(format!("{op}: empty batch")));
+    }
+    if slots.len() != batch || starts.len() != batch {
+        return Err(Error::invalid(format!(
+            "{op}: slots [{}], lens [{}] and starts [{}] must all be [batch]",
+            slots.len(),
+            batch,
+            starts.len()
+        )));
+    }
+    if batch > 65_535 {
+        return Err(Error::invalid(format!(
+            "{op}: batch {batch} is more than one launch handles (at most 65535 sequences)"
+        )));
+    }
+    if capacity > i32::MAX as usize || cache_slots > i32::MAX as usize {
+        return Err(Error::invalid(format!(
+            "{op}: cache [slots={cache_slots}, capacity={capacity}] exceeds int32 indexing"
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(batch);
+    for b in 0..batch {
+        let (slot, len, start) = (slots[b], lens[b], starts[b]);
+        if len == 0 {
+            return Err(Error::invalid(format!(
+                "{op}: sequence {b} has no new tokens (every sequence needs at least one)"
+            )));
+        }
+        if slot >= cache_slots {
+            return Err(Error::invalid(format!(
+                "{op}: sequence {b} uses slot {slot}, but the cache has {cache_slots} slots"
+            )));
+        }
+        if !seen.insert(slot) {
+            return Err(Error::invalid(format!(
+                "{op}: slot {slot} is used by more than one sequence (sequence {b} repeats it)"
+            )));
+        }
+        if !matches!(start.checked_add(len), Some(e) if e <= capacity) {
+            return Err(Error::invalid(format!(
+                "{op}: slot {slot} (sequence {b}) holds {start} tokens and gets {len} more, \
+                 past its capacity of {capacity}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `(cu_seqlens, seq_start, slot_idx)` as int32 host arrays (values validated to fit).
+fn batch_arrays(slots: &[usize], lens: &[usize], starts: &[usize]) -> [Vec<i32>; 3] {
+    let mut cu = Vec::with_capacity(lens.len() + 1);
+    cu.push(0i32);
+    let mut acc = 0usize;
+    for &l in lens {
+        acc += l;
+        cu.push(acc as i32);
+    }
+    [
+        cu,
+        starts.iter().map(|&s| s as i32).collect(),
+        slots.iter().map(|&s| s as i32).collect(),
+    ]
+}
+
+impl Gpu {
+    /// A zeroed KV cache: keys and values `[slots, capacity, Hkv, hd]` in `T` (see
+    /// [`GpuKvCache`]). Errors name the sizes and bytes when the allocation fails.
+    pub fn kv_cache<T: AttnDtype>(
+        &self,
+        slots: usize,
+        capacity: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<GpuKvCache<T>> {
+        const OP: &str = "kv_cache";
+        check_head_dim::<T>(OP, head_dim)?;
+        if slots == 0 || capacity == 0 || n_kv_heads == 0 {
+            return Err(Error::invalid(format!(
+                "{OP}: empty cache [slots={slots}, capacity={capacity}, Hkv={n_kv_heads}, \
+                 hd={head_dim}]"
+            )));
+        }
+        if slots > i32::MAX as usize || capacity > i32::MAX as usize {
+            return Err(Error::invalid(format!(
+                "{OP}: [slots={slots}, capacity={capacity}] exceeds int32 slot and position indices"
+            )));
+        }
+        let shape =
+            format!("[slots={slots}, capacity={capacity}, Hkv={n_kv_heads}, hd={head_dim}]");
+        let n = slots
+            .checked_mul(capacity)
+            .and_then(|n| n.checked_mul(n_kv_heads))
+            .and_then(|n| n.checked_mul(head_dim))
+            .filter(|n| n.checked_mul(2 * std::mem::size_of::<T>()).is_some())
+            .ok_or_else(|| Error::invalid(format!("{OP}: {shape} overflows")))?;
+        let bytes = 2 * n * std::mem::size_of::<T>();
+        let alloc = |what: &str| {
+            self.stream.alloc_zeros::<T>(n).map_err(|e| {
+                cuda_err(
+                    &format!(
+                        "{OP}: allocating {what} {shape} of {} ({n} elements, {:.3} GiB; keys and \
+                         values together {:.3} GiB)",
+                        T::SUFFIX,
+                        (n * std::mem::size_of::<T>()) as f64 / (1u64 << 30) as f64,
+                        bytes as f64 / (1u64 << 30) as f64
+                    ),
+                    e,
+                )
+            })
+        };
+        let keys = alloc("keys")?;
+        let values = alloc("values")?;
+        Ok(GpuKvCache {
+            keys,
+            values,
+            slots,
+            capacity,
+            n_kv_heads,
+            head_dim,
+        })
+    }
+
+    /// A packed batch on the device: sequence `b` has `lens[b]` new tokens, `starts[b]` tokens
+    /// already in cache slot `slots[b]`. Validated on the host against a cache of `cache_slots`
+    /// slots of `capacity` tokens: `lens >= 1`, slots distinct and `< cache_slots`,
+    /// `starts[b] + lens[b] <= capacity` (the error names the slot, what it holds, how many more
+    /// and the capacity). Uploads `cu_seqlens`, `seq_start` and `slot_idx` as int32.
+    pub fn attn_batch(
+        &self,
+        slots: &[usize],
+        lens: &[usize],
+        starts: &[usize],
+        cache_slots: usize,
+        capacity: usize,
+    ) -> Result<AttnBatch> {
+        const OP: &str = "attn_batch";
+        check_batch_host(OP, slots, lens, starts, cache_slots, capacity)?;
+        let tokens: usize = lens.iter().sum();
+        if tokens > i32::MAX as usize {
+            return Err(Error::invalid(format!(
+                "{OP}: {tokens} tokens exceed int32 cu_seqlens"
+            )));
+        }
+        let [cu, st, sl] = batch_arrays(slots, lens, starts);
+        let up = |v: &[i32], what: &str| {
+            self.stream
+                .clone_htod(v)
+                .map_err(|e| cuda_err(&format!("{OP}: uploading {what}"), e))
+        };
+        Ok(AttnBatch {
+            cu_seqlens: up(&cu, "cu_seqlens")?,
+            seq_start: up(&st, "seq_start")?,
+            slot_idx: up(&sl, "slot_idx")?,
+            lens: lens.to_vec(),
+            starts: starts.to_vec(),
+            slots: slots.to_vec(),
+            tokens,
+            max_new: lens.iter().copied().max().unwrap_or(0),
+            max_kv: (0..lens.len())
+                .map(|b| starts[b] + lens[b])
+                .max()
+                .unwrap_or(0),
+        })
+    }
+
+    /// Rewrites an existing batch's device arrays in place (for replaying a captured CUDA
+    /// graph): same batch size and the same `lens`, new `slots` and `starts`, validated as in
+    /// [`Gpu::attn_batch`]. The copies are ordered on [`Gpu::stream`] before later launches.
+    pub fn attn_batch_update(
+        &self,
+        batch: &mut AttnBatch,
+        slots: &[usize],
+        starts: &[usize],
+        cache_slots: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        const OP: &str = "attn_batch_update";
+        if slots.len() != batch.batch() || starts.len() != batch.batch() {
+            return Err(Error::invalid(format!(
+                "{OP}: the batch has {} sequences, got slots [{}] and starts [{}]",
+                batch.batch(),
+                slots.len(),
+                starts.len()
+            )));
+        }
+        check_batch_host(OP, slots, &batch.lens, starts, cache_slots, capacity)?;
+        let [_, st, sl] = batch_arrays(slots, &batch.lens, starts);
+        self.stream
+            .memcpy_htod(&st, &mut batch.seq_start)
+            .map_err(|e| cuda_err(&format!("{OP}: uploading seq_start"), e))?;
+        self.stream
+            .memcpy_htod(&sl, &mut batch.slot_idx)
+            .map_err(|e| cuda_err(&format!("{OP}: uploading slot_idx"), e))?;
+        batch.starts = starts.to_vec();
+        batch.slots = slots.to_vec();
+        batch.max_kv = (0..batch.lens.len())
+            .map(|b| starts[b] + batch.lens[b])
+            .max()
+            .unwrap_or(0);
+        Ok(())
+    }
+
+    /// RoPE inverse frequencies `[head_dim / 2]` f32 on the device, exactly
+    /// [`crate::cpu::rope_inv_freq`].
+    pub fn rope_inv_freq(&self, head_dim: usize, theta: f64) -> Result<CudaSlice<f32>> {
+        if head_dim == 0 || head_dim % 2 != 0 || !theta.is_finite() || theta <= 0.0 {
+            return Err(Error::invalid(format!(
+                "rope_inv_freq: head_dim {head_dim} must be even and >= 2, theta {theta} finite \
+                 and > 0"
+            )));
+        }
+        self.upload(&crate::cpu::rope_inv_freq(head_dim, theta))
+    }
+
+    /// Checks the cache against the batch and the head counts; returns (Hkv, hd).
+    fn check_attn_common<T: AttnDtype>(
+        &self,
+        op: &str,
+        cache: &GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+    ) -> Result<(usize, usize)> {
+        let (hkv, hd) = (cache.n_kv_heads, cache.head_dim);
+        check_head_dim::<T>(op, hd)?;
+        if n_heads == 0 || n_heads % hkv != 0 {
+            return Err(Error::invalid(format!(
+                "{op}: n_heads (Hq) = {n_heads} must be a positive multiple of the cache's \
+                 n_kv_heads (Hkv) = {hkv}"
+            )));
+        }
+        if !matches!(n_heads.checked_mul(hd), Some(w) if w <= i32::MAX as usize) {
+            return Err(Error::invalid(format!(
+                "{op}: Hq {n_heads} x hd {hd} is too wide"
+            )));
+        }
+        // The batch was validated against the geometry its caller named; check it against this
+        // cache (cheap: the batch is small), so no kernel can index outside it.
+        check_batch_host(
+            op,
+            &batch.slots,
+            &batch.lens,
+            &batch.starts,
+            cache.slots,
+            cache.capacity,
+        )?;
+        let kv = [
+            ("slots", cache.slots),
+            ("capacity", cache.capacity),
+            ("Hkv", hkv),
+            ("hd", hd),
+        ];
+        self.check_buf(op, "cache keys", &cache.keys, &kv)?;
+        self.check_buf(op, "cache values", &cache.values, &kv)?;
+        for (name, buf, n) in [
+            ("cu_seqlens", &batch.cu_seqlens, batch.batch() + 1),
+            ("seq_start", &batch.seq_start, batch.batch()),
+            ("slot_idx", &batch.slot_idx, batch.batch()),
+        ] {
+            self.check_buf(op, name, buf, &[("n", n)])?;
+        }
+        Ok((hkv, hd))
+    }
+
+    /// Applies NeoX RoPE to `q` (in place) and `k`, scales k by `k_scale`, and appends k and v to
+    /// the cache.
+    ///
+    /// - `q [tokens, Hq * hd]` dense (`tokens = batch.tokens()`), rotated in place;
+    /// - `k`, `v [tokens, Hkv * hd]` strided views (e.g. column slices of a fused QKV projection);
+    /// - `inv_freq [hd / 2]` f32 ([`Gpu::rope_inv_freq`]);
+    /// - new token `i` of sequence `b` has position `starts[b] + i`; its roped, scaled key and its
+    ///   value become row `starts[b] + i` of slot `slots[b]` of `cache`.
+    ///
+    /// Numerics match [`crate::cpu::rope_neox`] (f32 angle, cos/sin from f64, f32 rotation
+    /// without FMA contraction), then `round_T(rope(k) * k_scale)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_append<T: AttnDtype>(
+        &self,
+        q: &mut CudaSlice<T>,
+        k: Strided<'_, T>,
+        v: Strided<'_, T>,
+        inv_freq: &CudaSlice<f32>,
+        cache: &mut GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+        k_scale: f32,
+    ) -> Result<()> {
+        const OP: &str = "kv_append";
+        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads)?;
+        if !k_scale.is_finite() {
+            return Err(Error::invalid(format!(
+                "{OP}: k_scale {k_scale} is not finite"
+            )));
+        }
+        let tokens = batch.tokens;
+        self.check_buf(OP, "q", q, &[("tokens", tokens), ("Hq * hd", n_heads * hd)])?;
+        self.check_strided(OP, "k", &k, tokens, hkv * hd)?;
+        self.check_strided(OP, "v", &v, tokens, hkv * hd)?;
+        self.check_buf(OP, "inv_freq", inv_freq, &[("hd / 2", hd / 2)])?;
+        let f = self.function(&format!("kv_append_{}", T::SUFFIX))?;
+
+        let s = &self.stream;
+        let (qp, _gq) = q.device_ptr_mut(s);
+        let (kp, _gk) = k.buf.device_ptr(s);
+        let (vp, _gv) = v.buf.device_ptr(s);
+        let (fp, _gf) = inv_freq.device_ptr(s);
+        let (kcp, _gkc) = cache.keys.device_ptr_mut(s);
+        let (vcp, _gvc) = cache.values.device_ptr_mut(s);
+        let (cup, _gcu) = batch.cu_seqlens.device_ptr(s);
+        let (stp, _gst) = batch.seq_start.device_ptr(s);
+        let (slp, _gsl) = batch.slot_idx.device_ptr(s);
+        let p = KvAppendParams {
+            q: qp as usize as *mut c_void,
+            k: elem_ptr::<T>(kp, k.offset),
+            v: elem_ptr::<T>(vp, v.offset),
+            k_cache: kcp as usize as *mut c_void,
+            v_cache: vcp as usize as *mut c_void,
+            inv_freq: fp as usize as *const f32,
+            cu_seqlens: cup as usize as *const i32,
+            seq_start: stp as usize as *const i32,
+            slot_idx: slp as usize as *const i32,
+            tokens: tokens as i64,
+            batch: batch.batch() as i64,
+            n_heads: n_heads as i64,
+            n_kv_heads: hkv as i64,
+            head_dim: hd as i64,
+            capacity: cache.capacity as i64,
+            slots: cache.slots as i64,
+            q_row_stride: (n_heads * hd) as i64,
+            k_row_stride: k.row_stride as i64,
+            v_row_stride: v.row_stride as i64,
+            k_scale,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (tokens as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: one block per packed row r < tokens (checked to fit int32): it reads and writes
+        // q row r ([Hq * hd], the buffer is exactly [tokens, Hq * hd]), reads k and v row r inside
+        // their checked strided extents, inv_freq [hd / 2], and the batch arrays ([batch + 1] and
+        // [batch], checked); it writes cache rows (slot, pos) with slot < slots and
+        // pos = starts[b] + i < capacity, as validated on the host against this cache (and
+        // re-checked on the device). q and the cache are `&mut` borrows and k, v, inv_freq
+        // shared ones, so nothing written aliases anything read by another thread; the guards
+        // live until the launch is enqueued.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("launching kv_append", e))?;
+        Ok(())
+    }
+
+    /// Scratch for [`Gpu::attention_decode_into`] of `batch` sequences of `n_heads` query heads
+    /// of size `head_dim`: `partial_out [batch, Hq, splits, hd]` and `partial_lse [batch, Hq,
+    /// splits]` f32. The split count comes from [`decode_num_splits`] with `max_kv` (the longest
+    /// sequence expected), the batch, the SM count and, at launch, the cache's Hkv.
+    pub fn decode_scratch(
+        &self,
+        batch: usize,
+        n_heads: usize,
+        head_dim: usize,
+        max_kv: usize,
+    ) -> Result<DecodeScratch> {
+        const OP: &str = "decode_scratch";
+        if batch == 0 || n_heads == 0 || head_dim == 0 || max_kv == 0 {
+            return Err(Error::invalid(format!(
+                "{OP}: empty [batch={batch}, Hq={n_heads}, hd={head_dim}, max_kv={max_kv}]"
+            )));
+        }
+        let sm_count = self
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| cuda_err("querying the SM count", e))?
+            .max(1) as usize;
+        // The most splits any Hkv can ask for: Hkv = 1 with one head chunk.
+        let max_splits = decode_num_splits(batch, 1, max_kv, sm_count);
+        let n = batch
+            .checked_mul(n_heads)
+            .and_then(|n| n.checked_mul(max_splits))
+            .filter(|n| n.checked_mul(head_dim).is_some())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{OP}: [batch={batch}, Hq={n_heads}, splits={max_splits}, hd={head_dim}] \
+                     overflows"
+                ))
+            })?;
+        let alloc = |len: usize, what: &str| {
+            self.stream.alloc_zeros::<f32>(len).map_err(|e| {
+                cuda_err(
+                    &format!(
+                        "{OP}: allocating {what} [batch={batch}, Hq={n_heads}, \
+                         splits={max_splits}{}] f32",
+                        if what == "partial_out" {
+                            format!(", hd={head_dim}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    e,
+                )
+            })
+        };
+        Ok(DecodeScratch {
+            partial_out: alloc(n * head_dim, "partial_out")?,
+            partial_lse: alloc(n, "partial_lse")?,
+            batch,
+            n_heads,
+            head_dim,
+            max_kv,
+            max_splits,
+            sm_count,
+        })
+    }
+
+    /// The AttnParams every attention launch shares.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_params(
+        q: u64,
+        kc: u64,
+        vc: u64,
+        out: u64,
+        cu: u64,
+        st: u64,
+        sl: u64,
+        batch: &AttnBatch,
+        n_heads: usize,
+        hkv: usize,
+        hd: usize,
+        slots: usize,
+        capacity: usize,
+    ) -> AttnParams {
+        let scale = 1.0 / (hd as f32).sqrt();
+        AttnParams {
+            q: q as usize as *const c_void,
+            k_cache: kc as usize as *const c_void,
+            v_cache: vc as usize as *const c_void,
+            out: out as usize as *mut c_void,
+            cu_seqlens: cu as usize as *const i32,
+            seq_start: st as usize as *const i32,
+            slot_idx: sl as usize as *const i32,
+            partial_out: std::ptr::null_mut(),
+            partial_lse: std::ptr::null_mut(),
+            batch: batch.batch() as i64,
+            n_heads: n_heads as i64,
+            n_kv_heads: hkv as i64,
+            head_dim: hd as i64,
+            capacity: capacity as i64,
+            slots: slots as i64,
+            q_row_stride: (n_heads * hd) as i64,
+            o_row_stride: (n_heads * hd) as i64,
+            max_new: batch.max_new as i64,
+            num_splits: 1,
+            scale,
+            scale_log2: scale * std::f32::consts::LOG2_E,
+        }
+    }
+
+    /// Causal attention of the batch's new tokens against the cache (which already holds them:
+    /// call [`Gpu::kv_append`] first). `q [tokens, Hq * hd]` dense (roped), `out [tokens, Hq *
+    /// hd]` dense; new token `i` of sequence `b` attends to cache rows `0 ..= starts[b] + i` of
+    /// slot `slots[b]`, query head `h` to kv head `h / (Hq / Hkv)`, scale `1 / sqrt(hd)`.
+    ///
+    /// bf16/f16: the tensor-core kernels `attn_fwd_{bf16,f16}_hd{64,128}` (f32 accumulation);
+    /// f32: the scalar kernel `attn_fwd_f32` (grid `(ceil(max_new / 4), Hq, batch)`, one warp per
+    /// query row and head).
+    pub fn attention_prefill_into<T: AttnDtype>(
+        &self,
+        q: &CudaSlice<T>,
+        cache: &GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        const OP: &str = "attention_prefill";
+        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads)?;
+        let tokens = batch.tokens;
+        let row = [("tokens", tokens), ("Hq * hd", n_heads * hd)];
+        self.check_buf(OP, "q", q, &row)?;
+        self.check_buf(OP, "out", out, &row)?;
+        if n_heads > 65_535 {
+            return Err(Error::invalid(format!(
+                "{OP}: {n_heads} query heads exceed the grid's y extent (65535)"
+            )));
+        }
+        let (f, cfg) = if T::HALF {
+            let (smem, name) = if hd == 64 {
+                (ATTN_FWD_SMEM_HD64, format!("attn_fwd_{}_hd64", T::SUFFIX))
+            } else {
+                (ATTN_FWD_SMEM_HD128, format!("attn_fwd_{}_hd128", T::SUFFIX))
+            };
+            let f = self.function(&name)?;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(|e| {
+                cuda_err(
+                    &format!("{OP}: raising {name}'s dynamic shared memory to {smem} bytes"),
+                    e,
+                )
+            })?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    batch.max_new.div_ceil(ATTN_FWD_BLOCK_M as usize) as u32,
+                    n_heads as u32,
+                    batch.batch() as u32,
+                ),
+                block_dim: (ATTN_FWD_THREADS, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            (f, cfg)
+        } else {
+            let f = self.function("attn_fwd_f32")?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    batch.max_new.div_ceil(4) as u32,
+                    n_heads as u32,
+                    batch.batch() as u32,
+                ),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (f, cfg)
+        };
+
+        let s = &self.stream;
+        let (qp, _gq) = q.device_ptr(s);
+        let (kcp, _gkc) = cache.keys.device_ptr(s);
+        let (vcp, _gvc) = cache.values.device_ptr(s);
+        let (op, _go) = out.device_ptr_mut(s);
+        let (cup, _gcu) = batch.cu_seqlens.device_ptr(s);
+        let (stp, _gst) = batch.seq_start.device_ptr(s);
+        let (slp, _gsl) = batch.slot_idx.device_ptr(s);
+        let p = Self::attn_params(
+            qp,
+            kcp,
+            vcp,
+            op,
+            cup,
+            stp,
+            slp,
+            batch,
+            n_heads,
+            hkv,
+            hd,
+            cache.slots,
+            cache.capacity,
+        );
+        let mut b = s.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: the kernel reads q rows and writes out rows cu_seqlens[b] + i for i < lens[b]
+        // (both buffers are exactly [tokens, Hq * hd] and the device arrays hold the validated
+        // packing), reads cache rows (slots[b], 0 ..= starts[b] + i) with slots[b] < slots and
+        // starts[b] + lens[b] <= capacity, validated against this cache; `out` is a `&mut`
+        // borrow distinct from q and the cache. Guards are held until the launch is enqueued.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {OP}"), e))?;
+        Ok(())
+    }
+
+    /// Split-KV decode: every sequence of `batch` has exactly one new token (already appended to
+    /// the cache; `batch.is_decode()` must hold, else an error). `q [batch, Hq * hd]` dense
+    /// (roped), `out [batch, Hq * hd]` dense; sequence `b` attends to cache rows
+    /// `0 ..= starts[b]` of slot `slots[b]`.
+    ///
+    /// Two launches: `attn_decode_<T>_hd<hd>_g<gq>` (grid `(splits, Hkv * ceil(rep / gq),
+    /// batch)`, 128 threads; each block reads one split of one kv head's K and V once for `gq` of
+    /// the `rep = Hq / Hkv` query heads sharing it) writes per-split partial outputs and
+    /// log-sum-exps into `scratch`; `attn_decode_combine_<T>` (grid `(Hq, batch)`, 256 threads)
+    /// merges them.
+    /// The split count is [`DecodeScratch::num_splits`]; on the device a sequence of `L` keys
+    /// uses splits of `max(ceil(L / splits), 256)` keys (so a sequence far shorter than the
+    /// scratch's `max_kv` uses only its first splits; the rest write an empty partial). f32 at head dims other than 64 and 128
+    /// runs the scalar `attn_fwd_f32` kernel instead (scratch unused).
+    pub fn attention_decode_into<T: AttnDtype>(
+        &self,
+        q: &CudaSlice<T>,
+        cache: &GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+        scratch: &mut DecodeScratch,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        const OP: &str = "attention_decode";
+        if !batch.is_decode() {
+            return Err(Error::invalid(format!(
+                "{OP}: every sequence must have exactly one new token, got lens {:?}; use \
+                 attention_prefill_into",
+                batch.lens
+            )));
+        }
+        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads)?;
+        let nb = batch.batch();
+        let row = [("batch", nb), ("Hq * hd", n_heads * hd)];
+        self.check_buf(OP, "q", q, &row)?;
+        self.check_buf(OP, "out", out, &row)?;
+        if hd != 64 && hd != 128 {
+            // f32 only (check_head_dim rejects the rest): one new token is a prefill row.
+            return self.attention_prefill_into(q, cache, batch, n_heads, out);
+        }
+        if scratch.batch != nb || scratch.n_heads != n_heads || scratch.head_dim != hd {
+            return Err(Error::invalid(format!(
+                "{OP}: scratch is for [batch={}, Hq={}, hd={}], the call is [batch={nb}, \
+                 Hq={n_heads}, hd={hd}]",
+                scratch.batch, scratch.n_heads, scratch.head_dim
+            )));
+        }
+        let splits = scratch.num_splits(hkv);
+        let rep = n_heads / hkv;
+        let gq = decode_gq(rep);
+        let kv_blocks = hkv * rep.div_ceil(gq);
+        if kv_blocks > 65_535 || n_heads > i32::MAX as usize {
+            return Err(Error::invalid(format!(
+                "{OP}: Hkv {hkv} x {} head chunks exceed the grid's y extent (65535)",
+                rep.div_ceil(gq)
+            )));
+        }
+        let partial = [
+            ("batch", nb),
+            ("Hq", n_heads),
+            ("splits", scratch.max_splits),
+        ];
+        self.check_buf(
+            OP,
+            "scratch partial_out",
+            &scratch.partial_out,
+            &[partial[0], partial[1], partial[2], ("hd", hd)],
+        )?;
+        self.check_buf(OP, "scratch partial_lse", &scratch.partial_lse, &partial)?;
+        let f = self.function(&format!("attn_decode_{}_hd{hd}_g{gq}", T::SUFFIX))?;
+        let fc = self.function(&format!("attn_decode_combine_{}", T::SUFFIX))?;
+
+        let s = &self.stream;
+        let (qp, _gq) = q.device_ptr(s);
+        let (kcp, _gkc) = cache.keys.device_ptr(s);
+        let (vcp, _gvc) = cache.values.device_ptr(s);
+        let (op, _go) = out.device_ptr_mut(s);
+        let (cup, _gcu) = batch.cu_seqlens.device_ptr(s);
+        let (stp, _gst) = batch.seq_start.device_ptr(s);
+        let (slp, _gsl) = batch.slot_idx.device_ptr(s);
+        let (pop, _gpo) = scratch.partial_out.device_ptr_mut(s);
+        let (plp, _gpl) = scratch.partial_lse.device_ptr_mut(s);
+        let mut p = Self::attn_params(
+            qp,
+            kcp,
+            vcp,
+            op,
+            cup,
+            stp,
+            slp,
+            batch,
+            n_heads,
+            hkv,
+            hd,
+            cache.slots,
+            cache.capacity,
+        );
+        p.partial_out = pop as usize as *mut f32;
+        p.partial_lse = plp as usize as *mut f32;
+        p.num_splits = splits as i64;
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, kv_blocks as u32, nb as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: block (split, kv block, b) reads q row cu_seqlens[b] = b (16-byte loads: rows
+        // are Hq * hd with hd 64 or 128, and cudarc buffers are 256-byte aligned), cache rows
+        // (slots[b], 0 ..= starts[b]) of one kv head (validated against this cache), and writes
+        // partial_out / partial_lse entries (b, h, split) with split < splits <= the scratch's
+        // max_splits (its buffers were checked for that). The scratch and out are `&mut`
+        // borrows; guards are held until both launches are enqueued.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("launching attn_decode", e))?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, nb as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(&fc);
+        b.arg(&p);
+        // SAFETY: reads the partials the previous launch wrote (same stream, so after it) for
+        // (b, h, 0..splits) and writes out row b (exactly [batch, Hq * hd], checked).
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("launching attn_decode_combine", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rule() {
+        // 7B b1 32768 cached: 128 splits of 256 keys (256 blocks).
+        assert_eq!(decode_num_splits(1, 2, 32768, 132), 128);
+        // 7B b32 8192 cached: 17 splits (1088 blocks).
+        assert_eq!(decode_num_splits(32, 2, 8192, 132), 17);
+        // Short sequences: one split.
+        assert_eq!(decode_num_splits(1, 2, 10, 132), 1);
+        assert_eq!(decode_num_splits(64, 8, 100_000, 132), 3);
+        assert!(decode_num_splits(1, 1, usize::MAX / 2, 132) <= DECODE_MAX_SPLITS);
+    }
+
+    #[test]
+    fn gq_covers_every_ratio() {
+        for rep in 1..40 {
+            let gq = decode_gq(rep);
+            assert!([1, 2, 4, 6, 8].contains(&gq));
+            assert!(gq >= rep.min(8));
+        }
+    }
+
+    #[test]
+    fn batch_validation() {
+        assert!(check_batch_host("t", &[0, 1], &[3, 1], &[0, 5], 2, 8).is_ok());
+        let dup = check_batch_host("t", &[1, 1], &[3, 1], &[0, 5], 2, 8).unwrap_err();
+        assert!(dup.to_string().contains("slot 1"), "{dup}");
+        let full = check_batch_host("t", &[0], &[4], &[5], 2, 8).unwrap_err();
+        let m = full.to_string();
+        assert!(
+            m.contains("holds 5") && m.contains("4 more") && m.contains("8"),
+            "{m}"
+        );
+        assert!(check_batch_host("t", &[2], &[1], &[0], 2, 8).is_err());
+        assert!(check_batch_host("t", &[0], &[0], &[0], 2, 8).is_err());
+        assert!(check_batch_host("t", &[], &[], &[], 2, 8).is_err());
+        assert!(check_head_dim::<half::bf16>("t", 96).is_err());
+        assert!(check_head_dim::<half::f16>("t", 128).is_ok());
+        assert!(check_head_dim::<f32>("t", 16).is_ok());
+        assert!(check_head_dim::<f32>("t", 15).is_err());
+    }
+}
