@@ -205,3 +205,25 @@ pub fn run_parity<B: Backend>(model: &HybridModel<B>, r: &Reference) -> Result<P
         tokens,
     })
 }
+
+/// Runs the same prompts through two models (say the GPU and the CPU backend) and compares every
+/// layer's output and the logits of `a` against those of `b`.
+pub fn compare_models<A: Backend, B: Backend>(
+    a: &HybridModel<A>,
+    b: &HybridModel<B>,
+    prompts: &[&[u32]],
+) -> Result<Vec<ParityRow>> {
+    let oa = a.prefill_all(prompts, true)?;
+    let ob = b.prefill_all(prompts, true)?;
+    let mut rows: Vec<ParityRow> = oa
+        .hidden_states
+        .iter()
+        .zip(&ob.hidden_states)
+        .enumerate()
+        .map(|(i, (x, y))| row(format!("layer {i}"), &x.data, &y.data))
+        .collect();
+    if let (Some(x), Some(y)) = (&oa.logits, &ob.logits) {
+        rows.push(row("prompt logits".into(), &x.data, &y.data));
+    }
+    Ok(rows)
+}

@@ -104,7 +104,13 @@ pub fn uniform_values(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
             let mut rng = StdRng::seed_from_u64(seed ^ ((blk as u64) << 20));
             let len = (n - blk * BLOCK).min(BLOCK);
             (0..len)
-                .map(|_| if hi > lo { rng.random_range(lo..hi) } else { lo })
+                .map(|_| {
+                    if hi > lo {
+                        rng.random_range(lo..hi)
+                    } else {
+                        lo
+                    }
+                })
                 .collect::<Vec<_>>()
         })
         .collect()

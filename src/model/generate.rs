@@ -1,8 +1,9 @@
 //! Token generation over the hybrid cache: greedy and sampled (temperature, top-k, top-p, seed).
 
 use super::backend::Backend;
-use super::hybrid::{HybridModel, Logits};
+use super::hybrid::{HybridCache, HybridModel, Logits};
 use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -131,6 +132,38 @@ pub fn generate<B: Backend>(
     eos: &[u32],
     keep_logits: bool,
 ) -> Result<Generation> {
+    let mut plain =
+        |m: &HybridModel<B>, tokens: &[u32], slots: &[usize], cache: &mut HybridCache<B>| {
+            let lists: Vec<&[u32]> = tokens.chunks(1).collect();
+            let o = m.forward(&lists, slots, cache, Logits::Last, false)?;
+            Ok(o.logits.expect("logits asked"))
+        };
+    generate_with(
+        model,
+        prompts,
+        max_new_tokens,
+        sampling,
+        eos,
+        keep_logits,
+        &mut plain,
+    )
+}
+
+/// One decode step: `tokens[i]` continues the sequence in `slots[i]`; returns the logits
+/// `[slots, V]` (what [`HybridModel::forward`] with [`Logits::Last`] gives).
+pub type DecodeStep<'a, B> =
+    dyn FnMut(&HybridModel<B>, &[u32], &[usize], &mut HybridCache<B>) -> Result<HostTensor> + 'a;
+
+/// [`generate`] with the decode steps run by `step` (the CUDA backend replays a captured graph).
+pub fn generate_with<B: Backend>(
+    model: &HybridModel<B>,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    eos: &[u32],
+    keep_logits: bool,
+    step: &mut DecodeStep<'_, B>,
+) -> Result<Generation> {
     sampling.validate()?;
     if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
         return Err(Error::invalid(
@@ -171,15 +204,13 @@ pub fn generate<B: Backend>(
             }
             if out.tokens[s].len() < max_new_tokens && !eos.contains(&tok) {
                 next_live.push(s);
-                next_tokens.push([tok]);
+                next_tokens.push(tok);
             }
         }
         if next_live.is_empty() {
             break;
         }
-        let refs: Vec<&[u32]> = next_tokens.iter().map(|t| t.as_slice()).collect();
-        let o = model.forward(&refs, &next_live, &mut cache, Logits::Last, false)?;
-        logits = o.logits.expect("logits asked");
+        logits = step(model, &next_tokens, &next_live, &mut cache)?;
         live = next_live;
     }
     out.decode_secs = t1.elapsed().as_secs_f64();
