@@ -17,7 +17,8 @@
 // attn_decode_combine_<T>: grid (Hq, batch), block 256: out = sum_s w_s o_s / sum_s w_s with
 //   w_s = exp(lse_s - max lse), rounded to T, into row cu_seqlens[b] of out (S <= 1024; the
 //   threads split the splits x hd/4 float4 columns so that the loads are independent).
-// attn_fwd_f32: grid (ceil(max_new / 4), Hq, batch), block 128: one warp per (query row, head),
+// attn_fwd_f32, attn_fwd_ref_{bf16,f16}: grid (ceil(max_new / 4), Hq, batch), block 128: one warp
+//   per (query row, head), in T's storage with f32 math,
 //   lanes own dims lane + 32 j (hd <= 256), keys 4 at a time with warp sums, online softmax in f32.
 #include "common.cuh"
 #include "params.h"
@@ -329,7 +330,11 @@ __device__ __forceinline__ void decode_combine(const AttnParams& p) {
 constexpr int FWD32_WARPS = 4;
 constexpr int FWD32_MAXJ = 8;  // head_dim <= 256
 
-__device__ __forceinline__ void fwd_f32(const AttnParams& p) {
+// The scalar attention of any even head dim <= 256, in T's storage with f32 math (attn_fwd_f32 is
+// the f32 model's prefill; attn_fwd_ref_{bf16,f16} serve head dims the tensor-core kernels are not
+// built for, e.g. the tiny test models).
+template <typename T>
+__device__ __forceinline__ void fwd_scalar(const AttnParams& p) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.y, b = blockIdx.z;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * FWD32_WARPS + warp;
@@ -340,15 +345,15 @@ __device__ __forceinline__ void fwd_f32(const AttnParams& p) {
     if (slot < 0 || slot >= p.slots || nk > p.capacity) return;
     const int hd = static_cast<int>(p.head_dim);
     const int64_t hkv = p.n_kv_heads, g = h / (p.n_heads / hkv);
-    const float* qp = static_cast<const float*>(p.q) + (r0 + i) * p.q_row_stride + h * hd;
-    const float* kp = static_cast<const float*>(p.k_cache) + (slot * p.capacity * hkv + g) * hd;
-    const float* vp = static_cast<const float*>(p.v_cache) + (slot * p.capacity * hkv + g) * hd;
+    const T* qp = static_cast<const T*>(p.q) + (r0 + i) * p.q_row_stride + h * hd;
+    const T* kp = static_cast<const T*>(p.k_cache) + (slot * p.capacity * hkv + g) * hd;
+    const T* vp = static_cast<const T*>(p.v_cache) + (slot * p.capacity * hkv + g) * hd;
     const int64_t ts = hkv * hd;
     float q[FWD32_MAXJ], acc[FWD32_MAXJ];
 #pragma unroll
     for (int j = 0; j < FWD32_MAXJ; ++j) {
         const int d = lane + 32 * j;
-        q[j] = d < hd ? qp[d] * p.scale : 0.f;
+        q[j] = d < hd ? to_f32<T>(qp[d]) * p.scale : 0.f;
         acc[j] = 0.f;
     }
     float m = FH1_DEC_NEG_INF, l = 0.f;
@@ -363,7 +368,7 @@ __device__ __forceinline__ void fwd_f32(const AttnParams& p) {
 #pragma unroll
                 for (int j = 0; j < FWD32_MAXJ; ++j) {
                     const int d = lane + 32 * j;
-                    if (d < hd) d0 = fmaf(q[j], kp[t * ts + d], d0);
+                    if (d < hd) d0 = fmaf(q[j], to_f32<T>(kp[t * ts + d]), d0);
                 }
             }
             sc[u] = d0;
@@ -390,16 +395,16 @@ __device__ __forceinline__ void fwd_f32(const AttnParams& p) {
 #pragma unroll
             for (int j = 0; j < FWD32_MAXJ; ++j) {
                 const int d = lane + 32 * j;
-                if (d < hd) acc[j] = fmaf(pr, vp[t * ts + d], acc[j]);
+                if (d < hd) acc[j] = fmaf(pr, to_f32<T>(vp[t * ts + d]), acc[j]);
             }
         }
     }
-    float* op = static_cast<float*>(p.out) + (r0 + i) * p.o_row_stride + h * hd;
+    T* op = static_cast<T*>(p.out) + (r0 + i) * p.o_row_stride + h * hd;
     const float inv = 1.f / l;
 #pragma unroll
     for (int j = 0; j < FWD32_MAXJ; ++j) {
         const int d = lane + 32 * j;
-        if (d < hd) op[d] = acc[j] * inv;
+        if (d < hd) op[d] = from_f32<T>(acc[j] * inv);
     }
 }
 
@@ -430,5 +435,11 @@ FH1_DECODE_ALL(__half, f16)
 FH1_DECODE_ALL(float, f32)
 
 extern "C" __global__ void __launch_bounds__(fh1_attn_dec::FWD32_WARPS * 32) attn_fwd_f32(const AttnParams p) {
-    fh1_attn_dec::fwd_f32(p);
+    fh1_attn_dec::fwd_scalar<float>(p);
+}
+extern "C" __global__ void __launch_bounds__(fh1_attn_dec::FWD32_WARPS * 32) attn_fwd_ref_bf16(const AttnParams p) {
+    fh1_attn_dec::fwd_scalar<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(fh1_attn_dec::FWD32_WARPS * 32) attn_fwd_ref_f16(const AttnParams p) {
+    fh1_attn_dec::fwd_scalar<__half>(p);
 }

@@ -280,7 +280,33 @@ fn cmd_generate(a: GenerateArgs) -> Result<bool> {
     on_device!(dev, generate_on(cfg, &weights, &a))
 }
 
-fn generate_on<B: Backend>(
+/// [`generate`], with the decode steps replayed from a CUDA graph when the model is on the GPU.
+fn generate_any<B: Backend + 'static>(
+    m: &HybridModel<B>,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    sampling: &Sampling,
+    eos: &[u32],
+) -> Result<falcon_h1_kernels::model::Generation> {
+    #[cfg(feature = "cuda")]
+    {
+        use falcon_h1_kernels::model::CudaBackend;
+        use std::any::Any;
+        let any = m as &dyn Any;
+        if let Some(g) = any.downcast_ref::<HybridModel<CudaBackend<half::bf16>>>() {
+            return g.generate_graphed(prompts, max_new, sampling, eos, false);
+        }
+        if let Some(g) = any.downcast_ref::<HybridModel<CudaBackend<half::f16>>>() {
+            return g.generate_graphed(prompts, max_new, sampling, eos, false);
+        }
+        if let Some(g) = any.downcast_ref::<HybridModel<CudaBackend<f32>>>() {
+            return g.generate_graphed(prompts, max_new, sampling, eos, false);
+        }
+    }
+    generate(m, prompts, max_new, sampling, eos, false)
+}
+
+fn generate_on<B: Backend + 'static>(
     be: B,
     cfg: Config,
     weights: &FoldedWeights,
@@ -314,13 +340,12 @@ fn generate_on<B: Backend>(
         seed: a.seed,
     };
     let eos = m.config().eos_token_ids.clone();
-    let g = generate(
+    let g = generate_any(
         &m,
         std::slice::from_ref(&prompt),
         a.max_new_tokens,
         &sampling,
         &eos,
-        false,
     )?;
     let new = &g.tokens[0];
     match &tokenizer {

@@ -256,6 +256,17 @@ fn check_head_dim<T: AttnDtype>(op: &str, hd: usize) -> Result<()> {
     Ok(())
 }
 
+/// The head dims the KV cache, the append and the scalar reference kernels take, in every dtype:
+/// even, 2 to [`MAX_F32_HEAD_DIM`].
+fn check_any_head_dim(op: &str, hd: usize) -> Result<()> {
+    if hd == 0 || hd % 2 != 0 || hd > MAX_F32_HEAD_DIM {
+        return Err(Error::invalid(format!(
+            "{op}: head_dim {hd} is not supported: it must be even, 2 to {MAX_F32_HEAD_DIM}"
+        )));
+    }
+    Ok(())
+}
+
 /// Host validation of a batch's arrays against a cache's geometry.
 fn check_batch_host(
     op: &str,
@@ -342,7 +353,7 @@ impl Gpu {
         head_dim: usize,
     ) -> Result<GpuKvCache<T>> {
         const OP: &str = "kv_cache";
-        check_head_dim::<T>(OP, head_dim)?;
+        check_any_head_dim(OP, head_dim)?;
         if slots == 0 || capacity == 0 || n_kv_heads == 0 {
             return Err(Error::invalid(format!(
                 "{OP}: empty cache [slots={slots}, capacity={capacity}, Hkv={n_kv_heads}, \
@@ -488,9 +499,14 @@ impl Gpu {
         cache: &GpuKvCache<T>,
         batch: &AttnBatch,
         n_heads: usize,
+        fast_kernels: bool,
     ) -> Result<(usize, usize)> {
         let (hkv, hd) = (cache.n_kv_heads, cache.head_dim);
-        check_head_dim::<T>(op, hd)?;
+        if fast_kernels {
+            check_head_dim::<T>(op, hd)?;
+        } else {
+            check_any_head_dim(op, hd)?;
+        }
         if n_heads == 0 || n_heads % hkv != 0 {
             return Err(Error::invalid(format!(
                 "{op}: n_heads (Hq) = {n_heads} must be a positive multiple of the cache's \
@@ -554,7 +570,7 @@ impl Gpu {
         k_scale: f32,
     ) -> Result<()> {
         const OP: &str = "kv_append";
-        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads)?;
+        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads, false)?;
         if !k_scale.is_finite() {
             return Err(Error::invalid(format!(
                 "{OP}: k_scale {k_scale} is not finite"
@@ -740,7 +756,7 @@ impl Gpu {
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         const OP: &str = "attention_prefill";
-        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads)?;
+        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads, true)?;
         let tokens = batch.tokens;
         let row = [("tokens", tokens), ("Hq * hd", n_heads * hd)];
         self.check_buf(OP, "q", q, &row)?;
@@ -825,6 +841,77 @@ impl Gpu {
         Ok(())
     }
 
+    /// The scalar attention for any even head dim up to [`MAX_F32_HEAD_DIM`], in every dtype:
+    /// the same contract as [`Gpu::attention_prefill_into`] (prefill and decode batches alike),
+    /// one warp per query row and head, f32 math on `T`-stored inputs, no tensor cores. It is the
+    /// path for head dims the fast kernels are not built for (the bundled tiny test models use 16
+    /// and 32); at the model sizes it is far slower than the prefill and decode kernels.
+    pub fn attention_reference_into<T: AttnDtype>(
+        &self,
+        q: &CudaSlice<T>,
+        cache: &GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        const OP: &str = "attention_reference";
+        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads, false)?;
+        let row = [("tokens", batch.tokens), ("Hq * hd", n_heads * hd)];
+        self.check_buf(OP, "q", q, &row)?;
+        self.check_buf(OP, "out", out, &row)?;
+        if n_heads > 65_535 {
+            return Err(Error::invalid(format!(
+                "{OP}: {n_heads} query heads exceed the grid's y extent (65535)"
+            )));
+        }
+        let name = if T::HALF {
+            format!("attn_fwd_ref_{}", T::SUFFIX)
+        } else {
+            "attn_fwd_f32".to_string()
+        };
+        let f = self.function(&name)?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                batch.max_new.div_ceil(4) as u32,
+                n_heads as u32,
+                batch.batch() as u32,
+            ),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let s = &self.stream;
+        let (qp, _gq) = q.device_ptr(s);
+        let (kcp, _gkc) = cache.keys.device_ptr(s);
+        let (vcp, _gvc) = cache.values.device_ptr(s);
+        let (op, _go) = out.device_ptr_mut(s);
+        let (cup, _gcu) = batch.cu_seqlens.device_ptr(s);
+        let (stp, _gst) = batch.seq_start.device_ptr(s);
+        let (slp, _gsl) = batch.slot_idx.device_ptr(s);
+        let p = Self::attn_params(
+            qp,
+            kcp,
+            vcp,
+            op,
+            cup,
+            stp,
+            slp,
+            batch,
+            n_heads,
+            hkv,
+            hd,
+            cache.slots,
+            cache.capacity,
+        );
+        let mut b = s.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: as in attention_prefill_into: q and out are exactly [tokens, Hq * hd], the
+        // device arrays hold the packing validated against this cache, so every cache row read
+        // is (slots[b] < slots, row < starts[b] + lens[b] <= capacity); `out` is a distinct
+        // `&mut` borrow. Guards are held until the launch is enqueued.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {OP}"), e))?;
+        Ok(())
+    }
+
     /// Split-KV decode: every sequence of `batch` has exactly one new token (already appended to
     /// the cache; `batch.is_decode()` must hold, else an error). `q [batch, Hq * hd]` dense
     /// (roped), `out [batch, Hq * hd]` dense; sequence `b` attends to cache rows
@@ -856,7 +943,7 @@ impl Gpu {
                 batch.lens
             )));
         }
-        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads)?;
+        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads, true)?;
         let nb = batch.batch();
         let row = [("batch", nb), ("Hq * hd", n_heads * hd)];
         self.check_buf(OP, "q", q, &row)?;

@@ -510,3 +510,178 @@ impl Gpu {
         Ok(())
     }
 }
+
+/// Largest `P * N` of [`Gpu::ssd_scan_reference`] (its state lives in 48 KB of shared memory).
+pub const SSD_REF_MAX_STATE: usize = 8192;
+
+impl Gpu {
+    /// The SSD as the plain recurrence, one token at a time (kernels/ssd_ref.cu): the same
+    /// inputs, state and output contract as [`Gpu::ssd_chunked`] (sequence `s` of `cu_seqlens`
+    /// continues from slot `slots[s]`'s state when `has_initial_state` and leaves its final
+    /// state there) for any `P` and `N` with `P * N <= SSD_REF_MAX_STATE` and any chunk size
+    /// (unused). It is the path for sizes the chunked kernels are not built for (the tiny test
+    /// models); one block per (head, sequence) walks the tokens in order, so at the model sizes
+    /// it is far slower than [`Gpu::ssd_chunked`]. Uploads the sequence table on each call.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ssd_scan_reference<T: GpuDtype>(
+        &self,
+        inp: &SsdCudaInputs<T>,
+        dims: SsdCudaDims,
+        cu_seqlens: &[usize],
+        slots: &[i32],
+        state: &mut CudaSlice<f32>,
+        has_initial_state: bool,
+        y: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        const OP: &str = "ssd_scan_reference";
+        let SsdCudaDims {
+            heads: h,
+            head_dim: p,
+            groups: g,
+            state: n,
+            dt_limit: (lo, hi),
+            ..
+        } = dims;
+        if h == 0 || p == 0 || g == 0 || n == 0 || h % g != 0 {
+            return Err(bad(format!(
+                "{OP}: need positive sizes and H % G == 0, got H={h}, P={p}, G={g}, N={n}"
+            )));
+        }
+        if !matches!(p.checked_mul(n), Some(s) if s <= SSD_REF_MAX_STATE) || h > 65_535 {
+            return Err(bad(format!(
+                "{OP}: P*N = {p}*{n} exceeds {SSD_REF_MAX_STATE} or H = {h} exceeds 65535"
+            )));
+        }
+        if lo.is_nan() || hi.is_nan() || lo < 0.0 || lo > hi {
+            return Err(bad(format!(
+                "{OP}: dt_limit must be 0 <= lo <= hi, got ({lo}, {hi})"
+            )));
+        }
+        let batch = cu_seqlens.len().saturating_sub(1);
+        if batch == 0 || batch > 65_535 || cu_seqlens[0] != 0 {
+            return Err(bad(format!(
+                "{OP}: cu_seqlens must start at 0 and describe 1 to 65535 sequences, got {cu_seqlens:?}"
+            )));
+        }
+        if cu_seqlens.windows(2).any(|w| w[1] < w[0]) {
+            return Err(bad(format!("{OP}: cu_seqlens {cu_seqlens:?} decreases")));
+        }
+        let t = cu_seqlens[batch];
+        if t == 0 || t > i32::MAX as usize {
+            return Err(bad(format!("{OP}: {t} tokens (need 1 to 2^31 - 1)")));
+        }
+        if slots.len() != batch {
+            return Err(bad(format!(
+                "{OP}: {} slots for {batch} sequences",
+                slots.len()
+            )));
+        }
+        self.check_cols(OP, "x", &inp.x, t, h * p)?;
+        self.check_cols(OP, "dt", &inp.dt, t, h)?;
+        self.check_cols(OP, "b", &inp.b, t, g * n)?;
+        self.check_cols(OP, "c", &inp.c, t, g * n)?;
+        self.check_buf(OP, "dt_bias", inp.dt_bias, &[("H", h)])?;
+        self.check_buf(OP, "a_log", inp.a_log, &[("H", h)])?;
+        if let Some(d) = inp.d {
+            self.check_buf(OP, "d", d, &[("H", h)])?;
+        }
+        self.check_buf(OP, "y", y, &[("T", t), ("H", h), ("P", p)])?;
+        let per_slot = h * p * n;
+        if state.is_empty() || state.len() % per_slot != 0 {
+            return Err(bad(format!(
+                "{OP}: `state` has {} elements, expected [slots, H={h}, P={p}, N={n}]",
+                state.len()
+            )));
+        }
+        let n_slots = state.len() / per_slot;
+        let mut seen = slots.to_vec();
+        seen.sort_unstable();
+        if seen.iter().any(|&s| s < 0 || s as usize >= n_slots)
+            || seen.windows(2).any(|w| w[0] == w[1])
+        {
+            return Err(bad(format!(
+                "{OP}: slots {slots:?} must be distinct and in [0, {n_slots})"
+            )));
+        }
+        self.check_buf(OP, "state", state, &[("elements", state.len())])?;
+        let info: Vec<i32> = (0..batch)
+            .flat_map(|s| {
+                [
+                    cu_seqlens[s] as i32,
+                    (cu_seqlens[s + 1] - cu_seqlens[s]) as i32,
+                ]
+            })
+            .collect();
+        let info = self.upload(&info)?;
+        let slots_d = self.upload(slots)?;
+        let f = self.function(&format!("ssd_scan_ref_{}", T::SUFFIX))?;
+        let cfg = LaunchConfig {
+            grid_dim: (h as u32, batch as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: ((p * n + 2 * n + p) * 4) as u32,
+        };
+        let s = &self.stream;
+        let ptr = |v: u64, off: usize, size: usize| (v as usize + off * size) as *const c_void;
+        let es = std::mem::size_of::<T>();
+        let (xp, _g1) = inp.x.buf.device_ptr(s);
+        let (dtp, _g2) = inp.dt.buf.device_ptr(s);
+        let (biasp, _g3) = inp.dt_bias.device_ptr(s);
+        let (alp, _g4) = inp.a_log.device_ptr(s);
+        let (bp, _g5) = inp.b.buf.device_ptr(s);
+        let (cp, _g6) = inp.c.buf.device_ptr(s);
+        let (dp, _g7) = match inp.d {
+            Some(d) => {
+                let (v, g) = d.device_ptr(s);
+                (v as usize as *const c_void, Some(g))
+            }
+            None => (std::ptr::null(), None),
+        };
+        let (yp, _g8) = y.device_ptr_mut(s);
+        let (stp, _g9) = state.device_ptr_mut(s);
+        let (infop, _g10) = info.device_ptr(s);
+        let (slp, _g11) = slots_d.device_ptr(s);
+        let params = SsdParams {
+            x: ptr(xp, inp.x.offset, es),
+            dt: ptr(dtp, inp.dt.offset, es),
+            dt_bias: ptr(biasp, 0, es),
+            a_log: ptr(alp, 0, es),
+            b: ptr(bp, inp.b.offset, es),
+            c: ptr(cp, inp.c.offset, es),
+            d: dp,
+            y: yp as usize as *mut c_void,
+            state: stp as usize as *mut c_void,
+            chunk_states: std::ptr::null_mut(),
+            chunk_cum_end: std::ptr::null_mut(),
+            cb: std::ptr::null_mut(),
+            chunk_info: infop as usize as *const c_void,
+            seq_chunks: std::ptr::null(),
+            slots: slp as usize as *const c_void,
+            n_chunks: batch as i64,
+            batch: batch as i64,
+            heads: h as i64,
+            head_dim: p as i64,
+            groups: g as i64,
+            state_dim: n as i64,
+            chunk_size: 0,
+            x_row_stride: inp.x.row_stride as i64,
+            dt_row_stride: inp.dt.row_stride as i64,
+            b_row_stride: inp.b.row_stride as i64,
+            c_row_stride: inp.c.row_stride as i64,
+            y_row_stride: (h * p) as i64,
+            has_initial_state: has_initial_state as i32,
+            vec_loads: 0,
+            dt_lo: lo,
+            dt_hi: hi,
+        };
+        let mut b = s.launch_builder(&f);
+        b.arg(&params);
+        // SAFETY: every view was checked to hold T rows of its width (x, dt, b, c), y is exactly
+        // [T, H*P], the parameter vectors [H]; the sequence table describes rows 0..T
+        // (non-decreasing cu_seqlens ending at T), the slots are distinct and inside `state`, so
+        // each block reads and writes only its own (slot, head) state. `y` and `state` are `&mut`
+        // borrows distinct from the inputs. `info` and `slots_d` and every guard live until the
+        // launch is enqueued (and the uploads are ordered before it on the same stream).
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {OP}"), e))?;
+        Ok(())
+    }
+}

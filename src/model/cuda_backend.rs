@@ -719,7 +719,12 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         let mut out = self.alloc(tokens, hq * hd, "attention output")?;
         let dst = out.dense_mut().expect("fresh buffer");
         let qd = q.dense().expect("dense");
-        if batch.is_decode() {
+        let fast = !T::HALF || hd == 64 || hd == 128;
+        if !fast {
+            // Head dims the tensor-core kernels are not built for (the tiny test models).
+            self.gpu
+                .attention_reference_into(qd, &cache.cache, &batch.attn, hq, dst)?;
+        } else if batch.is_decode() {
             let key = (batch.seq.num_seqs(), hq, hd, batch.capacity);
             let mut scratch = self.decode_scratch.borrow_mut();
             let s = match scratch.entry(key) {
@@ -865,20 +870,6 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 chunk_size: shape.chunk_size,
                 dt_limit: shape.dt_limit,
             };
-            let mut plan = batch.ssd_plan.borrow_mut();
-            if !matches!(plan.as_ref(), Some(pl) if pl.dims() == dims) {
-                let slots: Vec<i32> = batch
-                    .seq
-                    .slots
-                    .iter()
-                    .map(|&s| int32(s, "slot"))
-                    .collect::<Result<_>>()?;
-                *plan = Some(self.gpu.ssd_plan::<T>(
-                    dims,
-                    &batch.seq.cu_seqlens(),
-                    Some(&slots),
-                )?);
-            }
             let inp = SsdCudaInputs {
                 x: x.view(),
                 dt: dt.view(),
@@ -888,10 +879,40 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 c: c.view(),
                 d: Some(&params.d.buf),
             };
+            let slots: Vec<i32> = batch
+                .seq
+                .slots
+                .iter()
+                .map(|&s| int32(s, "slot"))
+                .collect::<Result<_>>()?;
             // Fresh sequences had their state zeroed (HybridModel::plan_step), so reading the
             // initial state is right for every sequence.
-            let pl = plan.as_mut().expect("made above");
-            self.gpu.ssd_chunked_planned(pl, &inp, st, true, dst)?;
+            let chunked = matches!(p, 64 | 128)
+                && matches!(n, 64 | 128 | 256)
+                && matches!(shape.chunk_size, 64 | 128 | 256);
+            if !chunked {
+                // Sizes the chunked kernels are not built for (the tiny test models).
+                self.gpu.ssd_scan_reference(
+                    &inp,
+                    dims,
+                    &batch.seq.cu_seqlens(),
+                    &slots,
+                    st,
+                    true,
+                    dst,
+                )?;
+            } else {
+                let mut plan = batch.ssd_plan.borrow_mut();
+                if !matches!(plan.as_ref(), Some(pl) if pl.dims() == dims) {
+                    *plan = Some(self.gpu.ssd_plan::<T>(
+                        dims,
+                        &batch.seq.cu_seqlens(),
+                        Some(&slots),
+                    )?);
+                }
+                let pl = plan.as_mut().expect("made above");
+                self.gpu.ssd_chunked_planned(pl, &inp, st, true, dst)?;
+            }
         }
         Ok(y)
     }

@@ -3,9 +3,7 @@
 //! slices of one wider buffer. Built only with `--features cuda` and meant for a GPU machine:
 //! without a GPU every test here fails, saying so. Outputs are poisoned with NaN first.
 
-#![cfg(feature = "cuda")]
-
-mod common;
+use crate::common;
 
 use common::gpu_check::{compare, gpu, to_f32, to_t};
 

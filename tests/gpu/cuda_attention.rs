@@ -11,9 +11,7 @@
 //! twice the emulation's (plus 1e-6); NaN never passes. f32 kernels must be within 1e-5.
 //! kv_append is checked against `cpu::rope_neox` and plain copies.
 
-#![cfg(feature = "cuda")]
-
-mod common;
+use crate::common;
 
 use common::gpu_check::{compare, gpu, to_f32, to_t};
 
@@ -133,6 +131,8 @@ enum Attn<'a> {
     /// Nothing (filling the cache).
     AppendOnly,
     Prefill,
+    /// The scalar kernel for any head dim (`Gpu::attention_reference_into`).
+    Reference,
     Decode(&'a mut DecodeScratch),
 }
 
@@ -182,6 +182,9 @@ fn gpu_step<T: AttnDtype>(
             .unwrap(),
         Attn::Prefill => g
             .attention_prefill_into(&dq, cache, batch, h.hq, &mut out)
+            .unwrap(),
+        Attn::Reference => g
+            .attention_reference_into(&dq, cache, batch, h.hq, &mut out)
             .unwrap(),
         Attn::AppendOnly => {}
     }
@@ -233,6 +236,21 @@ fn prefill_case<T: AttnDtype>(
     n_slots: usize,
     seed: u64,
 ) {
+    prefill_case_with::<T>(g, h, lens, slots, n_slots, seed, false)
+}
+
+/// [`prefill_case`] through the prefill kernels or, with `scalar`, the any-head-dim reference
+/// kernel.
+#[allow(clippy::too_many_arguments)]
+fn prefill_case_with<T: AttnDtype>(
+    g: &Gpu,
+    h: Heads,
+    lens: &[usize],
+    slots: &[usize],
+    n_slots: usize,
+    seed: u64,
+    scalar: bool,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let tokens: usize = lens.iter().sum();
     let cap = lens.iter().copied().max().unwrap() + 3;
@@ -243,9 +261,22 @@ fn prefill_case<T: AttnDtype>(
     let v = draw::<T>(&mut rng, tokens * h.hkv * h.hd, 1.0);
     let starts = vec![0; lens.len()];
     let batch = g.attn_batch(slots, lens, &starts, n_slots, cap).unwrap();
-    let (got, qr) = gpu_step(g, &mut cache, &inv, h, &q, &k, &v, &batch, Attn::Prefill);
+    let kind = if scalar {
+        Attn::Reference
+    } else {
+        Attn::Prefill
+    };
+    let (got, qr) = gpu_step(g, &mut cache, &inv, h, &q, &k, &v, &batch, kind);
     let (want, emu) = references(g, &cache, h, &qr, slots, lens, &starts);
-    let what = format!("prefill {} lens {lens:?} {h:?}", T::SUFFIX);
+    let what = format!(
+        "{} {} lens {lens:?} {h:?}",
+        if scalar {
+            "scalar attention"
+        } else {
+            "prefill"
+        },
+        T::SUFFIX
+    );
     check_attn::<T>(&what, &got, &want, T::HALF.then_some(&emu[..]), h.hq * h.hd);
 }
 
@@ -666,9 +697,18 @@ fn kv_append_matches_rope_and_copy() {
 #[test]
 fn errors_are_reported() {
     let g = gpu();
-    // head_dim 96 in bf16.
-    let e = g.kv_cache::<half::bf16>(1, 16, 2, 96).err().expect("hd 96");
+    // head_dim 96 in bf16: the cache (storage) takes it, the fast kernels refuse it by name.
+    let cache96 = g.kv_cache::<half::bf16>(1, 16, 2, 96).unwrap();
+    let b96 = g.attn_batch(&[0], &[3], &[0], 1, 16).unwrap();
+    let q96 = g.upload(&vec![half::bf16::ZERO; 3 * 2 * 96]).unwrap();
+    let mut o96 = g.upload(&vec![half::bf16::ZERO; 3 * 2 * 96]).unwrap();
+    let e = g
+        .attention_prefill_into(&q96, &cache96, &b96, 2, &mut o96)
+        .expect_err("hd 96 prefill");
     assert!(e.to_string().contains("96"), "{e}");
+    // An odd head dim is refused even by the cache.
+    let e = g.kv_cache::<half::bf16>(1, 16, 2, 97).err().expect("hd 97");
+    assert!(e.to_string().contains("97"), "{e}");
     // Capacity exceeded, naming the slot, what it holds, how many more and the capacity.
     let e = g
         .attn_batch(&[1], &[10], &[60], 2, 64)
@@ -735,4 +775,16 @@ fn errors_are_reported() {
     g.attn_batch_update(&mut db, &[1, 0], &[62, 4], 2, 64)
         .unwrap();
     assert_eq!(db.starts(), &[62, 4]);
+}
+
+/// The scalar any-head-dim kernel (the model's path for the tiny test models' head dims 16 and
+/// 32 in bf16/f16) against the references, prefill and one-token batches.
+#[test]
+fn scalar_attention_any_head_dim() {
+    let g = gpu();
+    let small = |hq, hkv, hd| Heads { hq, hkv, hd };
+    prefill_case_with::<half::bf16>(&g, small(4, 2, 16), &[37, 5, 1], &[2, 0, 1], 3, 7101, true);
+    prefill_case_with::<half::bf16>(&g, small(6, 1, 32), &[129], &[0], 1, 7102, true);
+    prefill_case_with::<half::f16>(&g, small(4, 4, 16), &[20, 64], &[1, 0], 2, 7103, true);
+    prefill_case_with::<half::bf16>(&g, H4, &[200], &[0], 1, 7104, true);
 }

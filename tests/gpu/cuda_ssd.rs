@@ -5,9 +5,7 @@
 //! skip is caught. x, B and C are strided column views of one packed conv output, dt a strided
 //! view of a wider projection, as in the model.
 
-#![cfg(feature = "cuda")]
-
-mod common;
+use crate::common;
 
 use common::gpu_check::{compare, gpu, to_f32, to_t};
 
@@ -170,6 +168,18 @@ fn reference(c: &Case, hs: &Host) -> (Vec<f32>, Vec<f32>) {
 
 /// Runs the GPU kernels on the case: (y, the whole state buffer after the call).
 fn run_gpu<T: GpuDtype>(gp: &Gpu, c: &Case, hs: &Host, state_in: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    run_gpu_with::<T>(gp, c, hs, state_in, false)
+}
+
+/// [`run_gpu`] through the chunked kernels or, with `reference_scan`, the recurrent
+/// `Gpu::ssd_scan_reference`.
+fn run_gpu_with<T: GpuDtype>(
+    gp: &Gpu,
+    c: &Case,
+    hs: &Host,
+    state_in: &[f32],
+    reference_scan: bool,
+) -> (Vec<f32>, Vec<f32>) {
     let (h, p, g, n) = (c.heads, c.head_dim, c.groups, c.state);
     let w = h * p + 2 * g * n + XBC_PAD;
     let xbc = gp.upload(&to_t::<T>(&hs.xbc)).unwrap();
@@ -211,8 +221,13 @@ fn run_gpu<T: GpuDtype>(gp: &Gpu, c: &Case, hs: &Host, state_in: &[f32]) -> (Vec
     let mut y = gp
         .upload(&vec![T::from_f32(f32::NAN); hs.t * h * p])
         .unwrap();
-    gp.ssd_chunked(&inp, dims, &cu, Some(&hs.slots), &mut state, c.init, &mut y)
-        .unwrap();
+    if reference_scan {
+        gp.ssd_scan_reference(&inp, dims, &cu, &hs.slots, &mut state, c.init, &mut y)
+            .unwrap();
+    } else {
+        gp.ssd_chunked(&inp, dims, &cu, Some(&hs.slots), &mut state, c.init, &mut y)
+            .unwrap();
+    }
     gp.synchronize().unwrap();
     (
         to_f32(&gp.download(&y).unwrap()),
@@ -221,6 +236,10 @@ fn run_gpu<T: GpuDtype>(gp: &Gpu, c: &Case, hs: &Host, state_in: &[f32]) -> (Vec
 }
 
 fn check<T: GpuDtype>(gp: &Gpu, c: &Case, tol: f64, seed: u64) {
+    check_with::<T>(gp, c, tol, seed, false)
+}
+
+fn check_with<T: GpuDtype>(gp: &Gpu, c: &Case, tol: f64, seed: u64, reference_scan: bool) {
     let hs = make::<T>(c, seed);
     let (want_y, want_state) = reference(c, &hs);
     // Poison: the slots the batch uses are NaN unless they hold initial states.
@@ -231,9 +250,10 @@ fn check<T: GpuDtype>(gp: &Gpu, c: &Case, tol: f64, seed: u64) {
             state_in[s as usize * per..][..per].fill(f32::NAN);
         }
     }
-    let (y, state) = run_gpu::<T>(gp, c, &hs, &state_in);
+    let (y, state) = run_gpu_with::<T>(gp, c, &hs, &state_in, reference_scan);
     let what = format!(
-        "ssd_{} lens {:?} H{} P{} G{} N{} chunk {}{}{}",
+        "{}ssd_{} lens {:?} H{} P{} G{} N{} chunk {}{}{}",
+        if reference_scan { "reference " } else { "" },
         T::SUFFIX,
         c.lens,
         c.heads,
@@ -569,4 +589,70 @@ fn ssd_plan_reuse() {
             Some(f) => assert_eq!(f, &got, "run {run} differs from run 0"),
         }
     }
+}
+
+/// The recurrent reference scan (the path for sizes the chunked kernels are not built for: the
+/// tiny models' P 4..32, N 16) against the CPU, varlen with an empty sequence, G 1 and 2.
+fn reference_scan_cases<T: GpuDtype>(tol: f64) {
+    let gp = gpu();
+    let small = [
+        Case {
+            lens: &[1],
+            heads: 4,
+            head_dim: 16,
+            state: 16,
+            chunk: 16,
+            ..BASE
+        },
+        Case {
+            lens: &[37, 0, 5],
+            heads: 8,
+            head_dim: 8,
+            groups: 2,
+            state: 16,
+            chunk: 8,
+            init: true,
+            ..BASE
+        },
+        Case {
+            lens: &[129, 2],
+            heads: 6,
+            head_dim: 16,
+            state: 16,
+            chunk: 16,
+            with_d: false,
+            ..BASE
+        },
+        Case {
+            lens: &[70],
+            heads: 4,
+            head_dim: 32,
+            state: 64,
+            chunk: 4,
+            init: true,
+            dt_limit: (0.0, 0.05),
+            ..BASE
+        },
+        Case {
+            lens: &[40],
+            heads: 2,
+            head_dim: 64,
+            state: 128,
+            chunk: 64,
+            ..BASE
+        },
+    ];
+    for (i, c) in small.iter().enumerate() {
+        check_with::<T>(&gp, c, tol, 7000 + i as u64, true);
+    }
+}
+
+#[test]
+fn ssd_reference_scan_f32() {
+    reference_scan_cases::<f32>(1e-5);
+}
+
+#[test]
+fn ssd_reference_scan_bf16() {
+    reference_scan_cases::<half::bf16>(1e-2);
 }

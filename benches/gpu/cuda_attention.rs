@@ -1,7 +1,7 @@
 //! Times the attention kernels at Falcon-H1 shapes next to the anchors of PERF.md (H200, bf16):
 //! causal prefill (`Gpu::attention_prefill_into`), split-KV decode (`Gpu::attention_decode_into`,
 //! both launches) and the RoPE + KV append (`Gpu::kv_append`). Plain `fn main()` bench
-//! (harness = false): `cargo bench --features cuda --bench cuda_attention`.
+//! (harness = false): `cargo bench --features cuda --bench gpu -- cuda_attention`.
 //!
 //! Each figure is the median of 15 samples after warm-up; a sample times REPS back-to-back calls
 //! between two CUDA events, recorded behind a ~1 GB memset so that the host has queued the calls
@@ -11,8 +11,7 @@
 //! rotate over 8 cache slots (268 MB) so that the keys come from HBM, not the 50 MB L2.
 //! kv_append: bytes = q read + written, k and v read, cache rows written.
 
-#[cfg(feature = "cuda")]
-fn main() {
+pub fn run() {
     use cudarc::driver::sys::CUevent_flags;
     use falcon_h1_kernels::cuda::attention::AttnBatch;
     use falcon_h1_kernels::cuda::conv1d::Strided;
@@ -244,6 +243,3 @@ fn main() {
         }
     }
 }
-
-#[cfg(not(feature = "cuda"))]
-fn main() {}

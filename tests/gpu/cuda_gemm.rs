@@ -5,9 +5,7 @@
 //! here fails, saying so. Plain outputs are poisoned with NaN first (beta = 0 must not read them);
 //! accumulated ones start from known values.
 
-#![cfg(feature = "cuda")]
-
-mod common;
+use crate::common;
 
 use common::gpu_check::{compare, gpu, to_f32, to_t};
 

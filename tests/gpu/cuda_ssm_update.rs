@@ -3,9 +3,7 @@
 //! `--features cuda` and meant for a GPU machine: without a GPU every test here fails, saying so.
 //! Outputs are poisoned with NaN before each launch; unused state slots must stay untouched.
 
-#![cfg(feature = "cuda")]
-
-mod common;
+use crate::common;
 
 use common::gpu_check::{compare, gpu, to_f32, to_t};
 

@@ -1,9 +1,8 @@
 //! Times the SSD chunked prefill kernels (kernels/ssd.cu) at the Falcon-H1 shapes of PERF.md,
 //! next to the Triton anchor measured on an H200. Plain `fn main()` bench (harness = false):
-//! `cargo bench --features cuda --bench cuda_ssd`.
+//! `cargo bench --features cuda --bench gpu -- cuda_ssd`.
 
-#[cfg(feature = "cuda")]
-fn main() {
+pub fn run() {
     use falcon_h1_kernels::cuda::ssd::{Cols, SsdCudaDims, SsdCudaInputs};
     use falcon_h1_kernels::cuda::Gpu;
     use half::bf16;
@@ -180,6 +179,3 @@ fn main() {
         );
     }
 }
-
-#[cfg(not(feature = "cuda"))]
-fn main() {}

@@ -1,11 +1,10 @@
 //! Times the causal conv1d kernels (kernels/conv1d.cu) at Falcon-H1 shapes, next to the torch
 //! anchor of PERF.md (H200). Plain `fn main()` bench (harness = false):
-//! `cargo bench --features cuda --bench cuda_conv1d`.
+//! `cargo bench --features cuda --bench gpu -- cuda_conv1d`.
 //! Bytes counted: x read and out written once (prefill; the conv state and weights are noise),
 //! plus x, state read + written and out for decode.
 
-#[cfg(feature = "cuda")]
-fn main() {
+pub fn run() {
     use falcon_h1_kernels::cuda::conv1d::{Conv1dDims, Strided};
     use falcon_h1_kernels::cuda::Gpu;
     use half::bf16;
@@ -156,6 +155,3 @@ fn main() {
         );
     }
 }
-
-#[cfg(not(feature = "cuda"))]
-fn main() {}

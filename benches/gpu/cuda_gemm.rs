@@ -1,7 +1,7 @@
 //! Times `Gpu::linear_into` (cuBLASLt, bf16, f32 accumulation) at the Falcon-H1 7B projections,
 //! prefill (L8192) and decode (b1, b32), and the SwiGLU / residual add kernels, next to the
 //! ceilings of PERF.md (H200: 759 TFLOP/s bf16 GEMM, 4.15 TB/s copy). Plain `fn main()` bench
-//! (harness = false): `cargo bench --features cuda --bench cuda_gemm`.
+//! (harness = false): `cargo bench --features cuda --bench gpu -- cuda_gemm`.
 //!
 //! Each figure is the median of 15 samples after warm-up; a sample times 10 back-to-back calls
 //! between two CUDA events (so launch overhead counts only where the host cannot keep ahead of
@@ -9,8 +9,7 @@
 //! 256 MB in all) that every call reads them from HBM, not L2, as one token of a real decode
 //! step does. GB/s: weight bytes for the GEMMs; bytes read + written for the elementwise ops.
 
-#[cfg(feature = "cuda")]
-fn main() {
+pub fn run() {
     use cudarc::driver::sys::CUevent_flags;
     use falcon_h1_kernels::config::{Config, Preset};
     use falcon_h1_kernels::cuda::conv1d::Strided;
@@ -186,6 +185,3 @@ fn main() {
         );
     }
 }
-
-#[cfg(not(feature = "cuda"))]
-fn main() {}

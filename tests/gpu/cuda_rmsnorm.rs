@@ -3,9 +3,7 @@
 //! for a GPU machine: where there is no GPU or driver every test here fails, saying so.
 //! Outputs are poisoned with NaN before each launch, so an element the kernel skips is caught.
 
-#![cfg(feature = "cuda")]
-
-mod common;
+use crate::common;
 
 use common::gpu_check::{compare, gpu, to_f32, to_t};
 

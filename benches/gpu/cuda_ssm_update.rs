@@ -1,10 +1,9 @@
 //! Times the one-token SSM state update (kernels/ssm_update.cu) at Falcon-H1 shapes, next to the
 //! Triton anchor of PERF.md (H200). Plain `fn main()` bench (harness = false):
-//! `cargo bench --features cuda --bench cuda_ssm_update`.
+//! `cargo bench --features cuda --bench gpu -- cuda_ssm_update`.
 //! Bytes counted: the state read and written once, plus x, z, y, B, C, dt (each once).
 
-#[cfg(feature = "cuda")]
-fn main() {
+pub fn run() {
     use falcon_h1_kernels::cuda::conv1d::Strided;
     use falcon_h1_kernels::cuda::ssm_update::{SsmStateDtype, SsmUpdateCudaDims, SsmUpdateInputs};
     use falcon_h1_kernels::cuda::{Gpu, GpuDtype};
@@ -112,6 +111,3 @@ fn main() {
     run::<bf16>(&g, &mut rng, "7B", 1, "");
     run::<bf16>(&g, &mut rng, "7B", 64, "");
 }
-
-#[cfg(not(feature = "cuda"))]
-fn main() {}
