@@ -218,3 +218,41 @@ fn bad_inputs_are_errors_not_panics() {
     };
     assert!(generate(&m, &[vec![1]], 3, &bad, &[], false).is_err());
 }
+
+/// A model with random weights made on the backend runs (finite logits), is deterministic in its
+/// seed, and differs with another seed.
+#[test]
+fn random_model_runs_and_is_seeded() {
+    let dir = common::data_dir().join("tiny");
+    let (cfg, _) = falcon_h1_kernels::load_model_dir(&dir, false).unwrap();
+    let a = HybridModel::random(CpuBackend, cfg.clone(), 7).unwrap();
+    let b = HybridModel::random(CpuBackend, cfg.clone(), 7).unwrap();
+    let c = HybridModel::random(CpuBackend, cfg, 8).unwrap();
+    let toks = [1u32, 5, 9, 2];
+    let la = full_logits(&a, &toks);
+    assert!(la.iter().all(|v| v.is_finite()));
+    assert_eq!(la, full_logits(&b, &toks));
+    assert!(rel_l2(&la, &full_logits(&c, &toks)) > 1e-3);
+}
+
+/// generate_with and a step function that runs the plain forward give what generate gives.
+#[test]
+fn generate_with_a_plain_step_equals_generate() {
+    use falcon_h1_kernels::model::{generate_with, HybridCache};
+    let m = common::cpu_model("tiny");
+    let prompts = vec![prompt(1, 6, 64), prompt(2, 3, 64)];
+    let want = generate(&m, &prompts, 5, &Sampling::greedy(), &[], true).unwrap();
+    let mut calls = 0;
+    let mut step =
+        |m: &HybridModel<CpuBackend>, t: &[u32], s: &[usize], c: &mut HybridCache<CpuBackend>| {
+            calls += 1;
+            let lists: Vec<&[u32]> = t.chunks(1).collect();
+            Ok(m.forward(&lists, s, c, Logits::Last, false)?
+                .logits
+                .unwrap())
+        };
+    let got = generate_with(&m, &prompts, 5, &Sampling::greedy(), &[], true, &mut step).unwrap();
+    assert_eq!(got.tokens, want.tokens);
+    assert_eq!(got.logits, want.logits);
+    assert_eq!(calls, 4, "one prefill, then 4 decode steps");
+}
