@@ -75,6 +75,10 @@ struct DeviceArgs {
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// Run each layer's attention and Mamba branches one after the other on one stream
+    /// (default: the attention branch on a second stream, concurrently).
+    #[arg(long)]
+    one_stream: bool,
 }
 
 #[derive(Args)]
@@ -136,7 +140,7 @@ struct GenerateArgs {
 enum Device {
     Cpu,
     #[cfg(feature = "cuda")]
-    Cuda(std::sync::Arc<falcon_h1_kernels::cuda::Gpu>, GpuDtype),
+    Cuda(std::sync::Arc<falcon_h1_kernels::cuda::Gpu>, GpuDtype, bool),
 }
 
 #[cfg(feature = "cuda")]
@@ -167,7 +171,7 @@ fn pick_device(d: &DeviceArgs) -> Result<Device> {
                     "f32" => GpuDtype::F32,
                     _ => GpuDtype::Bf16,
                 };
-                return Ok(Device::Cuda(std::sync::Arc::new(gpu), dt));
+                return Ok(Device::Cuda(std::sync::Arc::new(gpu), dt, !d.one_stream));
             }
             Err(e) => eprintln!("no GPU ({e}); running on the CPU"),
         }
@@ -181,16 +185,22 @@ macro_rules! on_device {
         match $dev {
             Device::Cpu => $f(CpuBackend, $($arg),*),
             #[cfg(feature = "cuda")]
-            Device::Cuda(gpu, GpuDtype::Bf16) => {
-                $f(falcon_h1_kernels::model::CudaBackend::<half::bf16>::new(gpu), $($arg),*)
+            Device::Cuda(gpu, GpuDtype::Bf16, two) => {
+                let be = falcon_h1_kernels::model::CudaBackend::<half::bf16>::new(gpu);
+                be.set_concurrent_branches(two);
+                $f(be, $($arg),*)
             }
             #[cfg(feature = "cuda")]
-            Device::Cuda(gpu, GpuDtype::F16) => {
-                $f(falcon_h1_kernels::model::CudaBackend::<half::f16>::new(gpu), $($arg),*)
+            Device::Cuda(gpu, GpuDtype::F16, two) => {
+                let be = falcon_h1_kernels::model::CudaBackend::<half::f16>::new(gpu);
+                be.set_concurrent_branches(two);
+                $f(be, $($arg),*)
             }
             #[cfg(feature = "cuda")]
-            Device::Cuda(gpu, GpuDtype::F32) => {
-                $f(falcon_h1_kernels::model::CudaBackend::<f32>::new(gpu), $($arg),*)
+            Device::Cuda(gpu, GpuDtype::F32, two) => {
+                let be = falcon_h1_kernels::model::CudaBackend::<f32>::new(gpu);
+                be.set_concurrent_branches(two);
+                $f(be, $($arg),*)
             }
         }
     };

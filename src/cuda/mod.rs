@@ -249,6 +249,33 @@ impl Gpu {
         })
     }
 
+    /// Another `Gpu` on the same device and context, with its own stream (and its own cuBLASLt
+    /// workspace), sharing the loaded kernels: for work that runs concurrently with this one's
+    /// stream. Buffers carry no cross-stream events (see [`Gpu::stream`]): the caller orders the
+    /// two streams with events.
+    pub fn sibling(&self) -> Result<Gpu> {
+        let stream = self
+            .ctx
+            .new_stream()
+            .map_err(|e| cuda_err("creating a stream", e))?;
+        Ok(Gpu {
+            ctx: self.ctx.clone(),
+            stream,
+            module: self.module.clone(),
+            functions: Mutex::new(HashMap::new()),
+            blas_lt: OnceLock::new(),
+            lt_workspace: Mutex::new(None),
+        })
+    }
+
+    /// Makes this `Gpu`'s stream wait for the work enqueued so far on `other`'s stream (an event
+    /// recorded there; legal during a CUDA graph capture, where it forks or joins the capture).
+    pub fn wait_for(&self, other: &Gpu) -> Result<()> {
+        self.stream
+            .join(&other.stream)
+            .map_err(|e| cuda_err("ordering two streams", e))
+    }
+
     /// The device's name.
     pub fn name(&self) -> Result<String> {
         self.ctx.name().map_err(|e| cuda_err("device name", e))

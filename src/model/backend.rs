@@ -84,6 +84,21 @@ pub trait Backend {
         self.weight(&HostTensor::new(shape.to_vec(), data)?)
     }
 
+    /// Starts the attention branch of a layer: the ops issued from here until
+    /// [`Backend::main_branch`] may run concurrently with those issued after it, until
+    /// [`Backend::join_branches`]. The default (a backend with one queue) does nothing.
+    fn side_branch(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Ops issued from here go to the main branch again (see [`Backend::side_branch`]).
+    fn main_branch(&self) {}
+
+    /// Waits, on the main branch, for everything issued on the side branch.
+    fn join_branches(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Prepares the batch of one forward: `batch` is the layout (already validated against the
     /// cache by the model), `ids` the packed token ids (each `< vocab`), `cache_slots` and
     /// `capacity` the cache's dimensions.

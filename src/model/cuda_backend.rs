@@ -196,6 +196,12 @@ impl<T: ModelDtype> CudaBatch<T> {
 /// The CUDA backend over one [`Gpu`], in model dtype `T`.
 pub struct CudaBackend<T: ModelDtype> {
     gpu: Arc<Gpu>,
+    /// The second stream the attention branch runs on (made at the first branch).
+    side: std::cell::OnceCell<Gpu>,
+    /// Ops go to `side` while set (between `side_branch` and `main_branch`).
+    on_side: std::cell::Cell<bool>,
+    /// Whether the branches run on two streams (else everything goes to `gpu`'s stream).
+    concurrent: std::cell::Cell<bool>,
     /// Set while a graph's step is being recorded or replayed.
     arena: RefCell<Option<Rc<RefCell<Arena<T>>>>>,
     /// RoPE inverse frequencies by (head_dim, theta bits).
@@ -213,6 +219,9 @@ impl<T: ModelDtype> CudaBackend<T> {
     pub fn new(gpu: Arc<Gpu>) -> Self {
         Self {
             gpu,
+            side: std::cell::OnceCell::new(),
+            on_side: std::cell::Cell::new(false),
+            concurrent: std::cell::Cell::new(true),
             arena: RefCell::new(None),
             inv_freq: RefCell::new(HashMap::new()),
             decode_scratch: RefCell::new(HashMap::new()),
@@ -224,9 +233,24 @@ impl<T: ModelDtype> CudaBackend<T> {
         Ok(Self::new(Arc::new(Gpu::new(ordinal)?)))
     }
 
-    /// The GPU.
+    /// The GPU (its main stream: where the Mamba branch, the MLP and everything outside a
+    /// layer's attention branch run).
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
+    }
+
+    /// Runs each layer's attention branch on a second stream beside the Mamba branch (the
+    /// default), or everything on one stream.
+    pub fn set_concurrent_branches(&self, on: bool) {
+        self.concurrent.set(on);
+    }
+
+    /// Where the next op goes: the side stream inside an attention branch, the main one otherwise.
+    fn g(&self) -> &Gpu {
+        match (self.on_side.get(), self.side.get()) {
+            (true, Some(side)) => side,
+            _ => &self.gpu,
+        }
     }
 
     /// Starts recording (`recording`) or replaying the allocations of one step into `arena`.
@@ -302,7 +326,7 @@ impl<T: ModelDtype> CudaBackend<T> {
     /// how much is free.
     fn raw_alloc<U: GpuDtype>(&self, len: usize, what: &str) -> Result<CudaSlice<U>> {
         // SAFETY: uninitialised memory, written in full by the op it is made for before any read.
-        unsafe { self.gpu.stream().alloc::<U>(len) }
+        unsafe { self.g().stream().alloc::<U>(len) }
             .map_err(|e| self.oom(len * size_of::<U>(), what, e))
     }
 
@@ -315,7 +339,7 @@ impl<T: ModelDtype> CudaBackend<T> {
 
     fn oom(&self, bytes: usize, what: &str, e: impl std::fmt::Debug) -> Error {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
-        match self.gpu.memory_info() {
+        match self.g().memory_info() {
             Ok((free, total)) => Error::Cuda(format!(
                 "allocating {:.1} MiB for {what} on the GPU failed ({e:?}): {:.1} MiB free of {:.1} MiB",
                 mib(bytes),
@@ -336,7 +360,7 @@ impl<T: ModelDtype> CudaBackend<T> {
         }
         let mut out = self.alloc(x.rows, x.cols, what)?;
         let dst = out.dense_mut().expect("fresh buffer");
-        self.gpu.copy_into(x.view(), dst, x.rows, x.cols)?;
+        self.g().copy_into(x.view(), dst, x.rows, x.cols)?;
         Ok(out)
     }
 
@@ -348,7 +372,7 @@ impl<T: ModelDtype> CudaBackend<T> {
         }
         let mut fresh = self.alloc(x.rows, x.cols, what)?;
         let dst = fresh.dense_mut().expect("fresh buffer");
-        self.gpu.copy_into(x.view(), dst, x.rows, x.cols)?;
+        self.g().copy_into(x.view(), dst, x.rows, x.cols)?;
         *x = fresh;
         Ok(())
     }
@@ -356,7 +380,7 @@ impl<T: ModelDtype> CudaBackend<T> {
     fn inv_freq(&self, head_dim: usize, theta: f64) -> Result<()> {
         let key = (head_dim, theta.to_bits());
         if !self.inv_freq.borrow().contains_key(&key) {
-            let f = self.gpu.rope_inv_freq(head_dim, theta)?;
+            let f = self.g().rope_inv_freq(head_dim, theta)?;
             self.inv_freq.borrow_mut().insert(key, f);
         }
         Ok(())
@@ -401,8 +425,8 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
     type Batch = CudaBatch<T>;
 
     fn name(&self) -> String {
-        let dev = self.gpu.name().unwrap_or_else(|_| "?".into());
-        format!("cuda:{} ({dev}, {})", self.gpu.ordinal(), T::NAME)
+        let dev = self.g().name().unwrap_or_else(|_| "?".into());
+        format!("cuda:{} ({dev}, {})", self.g().ordinal(), T::NAME)
     }
 
     fn weight(&self, t: &HostTensor) -> Result<CudaWeight<T>> {
@@ -423,11 +447,42 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
     fn random_weight(&self, shape: &[usize], lo: f32, hi: f32, seed: u64) -> Result<CudaWeight<T>> {
         let n: usize = shape.iter().product();
         let mut buf = self.raw_alloc::<T>(n.max(1), &format!("a random weight {shape:?}"))?;
-        self.gpu.fill_uniform(&mut buf, lo, hi, seed)?;
+        self.g().fill_uniform(&mut buf, lo, hi, seed)?;
         Ok(CudaWeight {
             buf,
             shape: shape.to_vec(),
         })
+    }
+
+    /// Forks the side stream from the main one (it waits for everything issued so far, so it
+    /// sees this layer's normed input and every buffer made before, and its allocations come
+    /// after the main stream's last reads of memory the side stream freed).
+    fn side_branch(&self) -> Result<()> {
+        if !self.concurrent.get() {
+            return Ok(());
+        }
+        if self.side.get().is_none() {
+            let side = self.gpu.sibling()?;
+            let _ = self.side.set(side);
+        }
+        let side = self.side.get().expect("made above");
+        side.wait_for(&self.gpu)?;
+        self.on_side.set(true);
+        Ok(())
+    }
+
+    fn main_branch(&self) {
+        self.on_side.set(false);
+    }
+
+    /// The main stream waits for the side stream's work (before it reads the attention output,
+    /// and before anything either branch read is freed on the main stream).
+    fn join_branches(&self) -> Result<()> {
+        self.on_side.set(false);
+        match self.side.get() {
+            Some(side) if self.concurrent.get() => self.gpu.wait_for(side),
+            _ => Ok(()),
+        }
     }
 
     fn prepare_batch(
@@ -458,7 +513,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             .iter()
             .map(|&s| int32(s, "slot"))
             .collect::<Result<_>>()?;
-        let attn = self.gpu.attn_batch(
+        let attn = self.g().attn_batch(
             &batch.slots,
             &batch.lens,
             &batch.starts,
@@ -467,9 +522,9 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         )?;
         Ok(CudaBatch {
             seq: batch.clone(),
-            ids: self.gpu.upload(&ids)?,
-            cu_seqlens: self.gpu.upload(&cu)?,
-            slots: self.gpu.upload(&slots)?,
+            ids: self.g().upload(&ids)?,
+            cu_seqlens: self.g().upload(&cu)?,
+            slots: self.g().upload(&slots)?,
             attn,
             cache_slots,
             capacity,
@@ -538,7 +593,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         self.make_unique(x, "add output")?;
         let (rows, cols) = (x.rows, x.cols);
         let dst = x.dense_mut().expect("made dense and unique above");
-        self.gpu.add_into(dst, y.view(), rows, cols)
+        self.g().add_into(dst, y.view(), rows, cols)
     }
 
     fn split_cols(&self, x: &CudaTensor<T>, widths: &[usize]) -> Result<Vec<CudaTensor<T>>> {
@@ -581,10 +636,10 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             .iter()
             .map(|&r| int32(r, "row"))
             .collect::<Result<_>>()?;
-        let idx = self.gpu.upload(&idx)?;
+        let idx = self.g().upload(&idx)?;
         let mut out = self.alloc(rows.len(), x.cols, "select_rows output")?;
         let dst = out.dense_mut().expect("fresh buffer");
-        self.gpu.gather_rows_into(x.view(), &idx, dst, x.cols)?;
+        self.g().gather_rows_into(x.view(), &idx, dst, x.cols)?;
         Ok(out)
     }
 
@@ -612,7 +667,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         }
         let mut out = self.alloc(y.rows, y.cols, "gated norm output")?;
         let dst = out.dense_mut().expect("fresh buffer");
-        self.gpu.gated_rms_norm_into(
+        self.g().gated_rms_norm_into(
             y.view(),
             Some(z.view()),
             norm.map(|w| &w.buf),
@@ -657,7 +712,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
     }
 
     fn reset_state(&self, state: &mut CudaState<T>, slot: usize) -> Result<()> {
-        let s = self.gpu.stream();
+        let s = self.g().stream();
         let r = match state {
             CudaState::Conv { buf, width } => {
                 let w = *width;
@@ -705,7 +760,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             let freqs = self.inv_freq.borrow();
             let f = &freqs[&(hd, rope_theta.to_bits())];
             let qd = q.dense_mut().expect("made dense and unique above");
-            self.gpu.kv_append(
+            self.g().kv_append(
                 qd,
                 k.view(),
                 v.view(),
@@ -730,7 +785,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             let s = match scratch.entry(key) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.gpu.decode_scratch(key.0, hq, hd, batch.capacity)?)
+                    e.insert(self.g().decode_scratch(key.0, hq, hd, batch.capacity)?)
                 }
             };
             self.gpu
@@ -785,7 +840,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             silu: true,
         };
         if batch.is_decode() {
-            self.gpu.conv1d_update_into(
+            self.g().conv1d_update_into(
                 x.view(),
                 &weight.buf,
                 bias.map(|b| &b.buf),
@@ -795,7 +850,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 dims,
             )?;
         } else {
-            self.gpu.conv1d_fwd_into(
+            self.g().conv1d_fwd_into(
                 x.view(),
                 &weight.buf,
                 bias.map(|b| &b.buf),
@@ -860,7 +915,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 groups: g,
                 state: n,
             };
-            self.gpu.ssm_update::<T, f32>(st, &inp, dst, dims)?;
+            self.g().ssm_update::<T, f32>(st, &inp, dst, dims)?;
         } else {
             let dims = SsdCudaDims {
                 heads: h,
@@ -892,7 +947,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 && matches!(shape.chunk_size, 64 | 128 | 256);
             if !chunked {
                 // Sizes the chunked kernels are not built for (the tiny test models).
-                self.gpu.ssd_scan_reference(
+                self.g().ssd_scan_reference(
                     &inp,
                     dims,
                     &batch.seq.cu_seqlens(),
@@ -904,14 +959,14 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             } else {
                 let mut plan = batch.ssd_plan.borrow_mut();
                 if !matches!(plan.as_ref(), Some(pl) if pl.dims() == dims) {
-                    *plan = Some(self.gpu.ssd_plan::<T>(
+                    *plan = Some(self.g().ssd_plan::<T>(
                         dims,
                         &batch.seq.cu_seqlens(),
                         Some(&slots),
                     )?);
                 }
                 let pl = plan.as_mut().expect("made above");
-                self.gpu.ssd_chunked_planned(pl, &inp, st, true, dst)?;
+                self.g().ssd_chunked_planned(pl, &inp, st, true, dst)?;
             }
         }
         Ok(y)
@@ -919,7 +974,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
 
     fn to_host(&self, x: &CudaTensor<T>) -> Result<HostTensor> {
         let x = self.densify(x, "copy to host")?;
-        let data = self.gpu.download(x.dense().expect("densified"))?;
+        let data = self.g().download(x.dense().expect("densified"))?;
         HostTensor::new(
             vec![x.rows, x.cols],
             data.into_iter().map(GpuDtype::to_f32).collect(),

@@ -90,6 +90,22 @@ pub struct ForwardOutput {
     pub hidden_states: Vec<HostTensor>,
 }
 
+/// Joins a layer's branches when dropped unless they were joined already (an early return).
+struct JoinOnDrop<'a, B: Backend> {
+    be: &'a B,
+    done: bool,
+}
+
+impl<B: Backend> Drop for JoinOnDrop<'_, B> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.be.main_branch();
+            // Best effort on an error path: the error being returned is the one that matters.
+            let _ = self.be.join_branches();
+        }
+    }
+}
+
 /// A Falcon-H1 model on backend `B`.
 pub struct HybridModel<B: Backend> {
     cfg: Config,
@@ -397,6 +413,22 @@ impl<B: Backend> HybridModel<B> {
         let eps = c.rms_norm_eps as f32;
         let n = be.rms_norm(h, &l.input_layernorm, eps)?;
 
+        // Attention branch on the normed input (RoPE inside the attention op), issued first so
+        // that a backend with two queues runs it beside the Mamba branch.
+        let shape = self.attn_shape();
+        be.side_branch()?;
+        // Joins the branches if anything below returns early, before `n` (read by both) and the
+        // side branch's tensors are dropped.
+        let mut joined = JoinOnDrop { be, done: false };
+        let attn = (|| {
+            let q = be.linear(&n, &l.q_proj)?;
+            let k = be.linear(&n, &l.k_proj)?;
+            let v = be.linear(&n, &l.v_proj)?;
+            be.attention(q, &k, &v, &mut lc.kv, batch, shape, c.rope_theta)
+        })();
+        be.main_branch();
+        let attn = attn?;
+
         // Mamba-2 branch. in_proj rows: [z | xBC | dt]; the multipliers are in the weights.
         let ds = c.mamba_d_ssm;
         let gn = c.mamba_n_groups * c.mamba_d_state;
@@ -441,16 +473,11 @@ impl<B: Backend> HybridModel<B> {
             c.mamba_norm_before_gate,
         )?;
 
-        // Attention branch on the same normed input (RoPE inside the attention op).
-        let shape = self.attn_shape();
-        let q = be.linear(&n, &l.q_proj)?;
-        let k = be.linear(&n, &l.k_proj)?;
-        let v = be.linear(&n, &l.v_proj)?;
-        let attn = be.attention(q, &k, &v, &mut lc.kv, batch, shape, c.rope_theta)?;
-
         // Both branches add into the residual stream (HF sums them before adding: the order
-        // differs only by f32 rounding).
+        // differs only by rounding), the attention output once its branch is joined.
         be.linear_add(&y, &l.out_proj, h)?;
+        joined.done = true;
+        be.join_branches()?;
         be.linear_add(&attn, &l.o_proj, h)?;
 
         // SwiGLU MLP.
