@@ -11,7 +11,9 @@
 use super::params::SsdParams;
 use super::{cuda_err, Gpu, GpuDtype};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 use std::ffi::c_void;
 
 // SAFETY: a plain C struct of pointers and integers, passed by value as the kernel argument.
@@ -55,6 +57,44 @@ pub struct SsdCudaInputs<'a, T: GpuDtype> {
     pub c: Cols<'a, T>,
     /// `[H]` skip `y += D x`, or `None`.
     pub d: Option<&'a CudaSlice<T>>,
+}
+
+/// Device addresses of an SSD call's inputs (each view at its offset; `d` null when absent).
+struct InputPtrs {
+    x: *const c_void,
+    dt: *const c_void,
+    dt_bias: *const c_void,
+    a_log: *const c_void,
+    b: *const c_void,
+    c: *const c_void,
+    d: *const c_void,
+}
+
+/// The inputs' device addresses, and the guards that must outlive the launches reading them.
+fn input_ptrs<'a, T: GpuDtype>(
+    inp: &SsdCudaInputs<'a, T>,
+    s: &'a CudaStream,
+) -> (InputPtrs, Vec<SyncOnDrop<'a>>) {
+    let es = std::mem::size_of::<T>();
+    let mut guards = Vec::with_capacity(7);
+    let mut at = |buf: &'a CudaSlice<T>, offset: usize| {
+        let (p, g) = buf.device_ptr(s);
+        guards.push(g);
+        (p as usize + offset * es) as *const c_void
+    };
+    let ptrs = InputPtrs {
+        x: at(inp.x.buf, inp.x.offset),
+        dt: at(inp.dt.buf, inp.dt.offset),
+        dt_bias: at(inp.dt_bias, 0),
+        a_log: at(inp.a_log, 0),
+        b: at(inp.b.buf, inp.b.offset),
+        c: at(inp.c.buf, inp.c.offset),
+        d: match inp.d {
+            Some(d) => at(d, 0),
+            None => std::ptr::null(),
+        },
+    };
+    (ptrs, guards)
 }
 
 fn bad(msg: String) -> Error {
@@ -387,21 +427,7 @@ impl Gpu {
         let f_scan = self.function(&format!("ssd_chunk_scan_{}_p{pt}", T::SUFFIX))?;
 
         let s = &self.stream;
-        let ptr = |v: u64, off: usize, size: usize| (v as usize + off * size) as *const c_void;
-        let es = std::mem::size_of::<T>();
-        let (xp, _g1) = inp.x.buf.device_ptr(s);
-        let (dtp, _g2) = inp.dt.buf.device_ptr(s);
-        let (biasp, _g3) = inp.dt_bias.device_ptr(s);
-        let (alp, _g4) = inp.a_log.device_ptr(s);
-        let (bp, _g5) = inp.b.buf.device_ptr(s);
-        let (cp, _g6) = inp.c.buf.device_ptr(s);
-        let (dp, _g7) = match inp.d {
-            Some(d) => {
-                let (v, g) = d.device_ptr(s);
-                (v as usize as *const c_void, Some(g))
-            }
-            None => (std::ptr::null(), None),
-        };
+        let (ip, _guards) = input_ptrs(inp, s);
         let (yp, _g8) = y.device_ptr_mut(s);
         let (stp, _g9) = state.device_ptr_mut(s);
         let (csp, _g10) = plan.chunk_states.device_ptr_mut(s);
@@ -418,18 +444,19 @@ impl Gpu {
         };
         // 16-byte tile loads need every row start of x, b and c 16-byte aligned (the column
         // offsets inside a row, h*P, g*N and the tile starts, are multiples of 16 bytes).
-        let aligned = |base: u64, m: &Cols<T>| {
-            (base as usize + m.offset * es) % 16 == 0 && (m.row_stride * es) % 16 == 0
-        };
-        let vec_loads = aligned(xp, &inp.x) && aligned(bp, &inp.b) && aligned(cp, &inp.c);
+        // (The addresses below already include each view's offset.)
+        let es = std::mem::size_of::<T>();
+        let aligned =
+            |at: *const c_void, m: &Cols<T>| at as usize % 16 == 0 && (m.row_stride * es) % 16 == 0;
+        let vec_loads = aligned(ip.x, &inp.x) && aligned(ip.b, &inp.b) && aligned(ip.c, &inp.c);
         let params = SsdParams {
-            x: ptr(xp, inp.x.offset, es),
-            dt: ptr(dtp, inp.dt.offset, es),
-            dt_bias: ptr(biasp, 0, es),
-            a_log: ptr(alp, 0, es),
-            b: ptr(bp, inp.b.offset, es),
-            c: ptr(cp, inp.c.offset, es),
-            d: dp,
+            x: ip.x,
+            dt: ip.dt,
+            dt_bias: ip.dt_bias,
+            a_log: ip.a_log,
+            b: ip.b,
+            c: ip.c,
+            d: ip.d,
             y: yp as usize as *mut c_void,
             state: stp as usize as *mut c_void,
             chunk_states: csp as usize as *mut c_void,
@@ -621,33 +648,19 @@ impl Gpu {
             shared_mem_bytes: ((p * n + 2 * n + p) * 4) as u32,
         };
         let s = &self.stream;
-        let ptr = |v: u64, off: usize, size: usize| (v as usize + off * size) as *const c_void;
-        let es = std::mem::size_of::<T>();
-        let (xp, _g1) = inp.x.buf.device_ptr(s);
-        let (dtp, _g2) = inp.dt.buf.device_ptr(s);
-        let (biasp, _g3) = inp.dt_bias.device_ptr(s);
-        let (alp, _g4) = inp.a_log.device_ptr(s);
-        let (bp, _g5) = inp.b.buf.device_ptr(s);
-        let (cp, _g6) = inp.c.buf.device_ptr(s);
-        let (dp, _g7) = match inp.d {
-            Some(d) => {
-                let (v, g) = d.device_ptr(s);
-                (v as usize as *const c_void, Some(g))
-            }
-            None => (std::ptr::null(), None),
-        };
+        let (ip, _guards) = input_ptrs(inp, s);
         let (yp, _g8) = y.device_ptr_mut(s);
         let (stp, _g9) = state.device_ptr_mut(s);
         let (infop, _g10) = info.device_ptr(s);
         let (slp, _g11) = slots_d.device_ptr(s);
         let params = SsdParams {
-            x: ptr(xp, inp.x.offset, es),
-            dt: ptr(dtp, inp.dt.offset, es),
-            dt_bias: ptr(biasp, 0, es),
-            a_log: ptr(alp, 0, es),
-            b: ptr(bp, inp.b.offset, es),
-            c: ptr(cp, inp.c.offset, es),
-            d: dp,
+            x: ip.x,
+            dt: ip.dt,
+            dt_bias: ip.dt_bias,
+            a_log: ip.a_log,
+            b: ip.b,
+            c: ip.c,
+            d: ip.d,
             y: yp as usize as *mut c_void,
             state: stp as usize as *mut c_void,
             chunk_states: std::ptr::null_mut(),

@@ -180,6 +180,8 @@ pub struct CudaBatch<T: ModelDtype> {
     pub(crate) ids: CudaSlice<i32>,
     pub(crate) cu_seqlens: CudaSlice<i32>,
     pub(crate) slots: CudaSlice<i32>,
+    /// `slots` on the host, as int32.
+    slots_host: Vec<i32>,
     pub(crate) attn: AttnBatch,
     pub(crate) cache_slots: usize,
     pub(crate) capacity: usize,
@@ -331,7 +333,7 @@ impl<T: ModelDtype> CudaBackend<T> {
     }
 
     fn zeros<U: GpuDtype>(&self, len: usize, what: &str) -> Result<CudaSlice<U>> {
-        self.gpu
+        self.g()
             .stream()
             .alloc_zeros::<U>(len)
             .map_err(|e| self.oom(len * size_of::<U>(), what, e))
@@ -433,7 +435,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         let host: Vec<T> = t.data.iter().map(|&v| T::from_f32(v)).collect();
         let mut buf = self.raw_alloc::<T>(host.len().max(1), "a weight")?;
         if !host.is_empty() {
-            self.gpu
+            self.g()
                 .stream()
                 .memcpy_htod(&host, &mut buf)
                 .map_err(|e| Error::Cuda(format!("uploading a weight {:?}: {e:?}", t.shape)))?;
@@ -525,6 +527,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             ids: self.g().upload(&ids)?,
             cu_seqlens: self.g().upload(&cu)?,
             slots: self.g().upload(&slots)?,
+            slots_host: slots,
             attn,
             cache_slots,
             capacity,
@@ -537,7 +540,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         let tokens = batch.seq.total_tokens();
         let mut out = self.alloc(tokens, dim, "embedding output")?;
         let dst = out.dense_mut().expect("fresh buffer");
-        self.gpu
+        self.g()
             .embedding_into(&table.buf, &batch.ids, dst, vocab, dim)?;
         Ok(out)
     }
@@ -552,7 +555,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         }
         let mut out = self.alloc(x.rows, n, "linear output")?;
         let dst = out.dense_mut().expect("fresh buffer");
-        self.gpu
+        self.g()
             .linear_into(x.view(), &w.buf, dst, x.rows, k, n, false)?;
         Ok(out)
     }
@@ -573,7 +576,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         let rows = x.rows;
         self.make_unique(out, "residual stream")?;
         let dst = out.dense_mut().expect("made dense and unique above");
-        self.gpu
+        self.g()
             .linear_into(x.view(), &w.buf, dst, rows, k, n, true)
     }
 
@@ -583,7 +586,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         let mut out = self.alloc(x.rows, x.cols, "rms_norm output")?;
         let dst = out.dense_mut().expect("fresh buffer");
         let src = x.dense().expect("densified");
-        self.gpu
+        self.g()
             .rms_norm_into(src, &w.buf, None, dst, x.rows, x.cols, eps)?;
         Ok(out)
     }
@@ -647,7 +650,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         Self::check_rows("swiglu", up, gate.rows, gate.cols)?;
         let mut out = self.alloc(gate.rows, gate.cols, "swiglu output")?;
         let dst = out.dense_mut().expect("fresh buffer");
-        self.gpu
+        self.g()
             .swiglu_into(gate.view(), up.view(), dst, gate.rows, gate.cols)?;
         Ok(out)
     }
@@ -777,7 +780,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         let fast = !T::HALF || hd == 64 || hd == 128;
         if !fast {
             // Head dims the tensor-core kernels are not built for (the tiny test models).
-            self.gpu
+            self.g()
                 .attention_reference_into(qd, &cache.cache, &batch.attn, hq, dst)?;
         } else if batch.is_decode() {
             let key = (batch.seq.num_seqs(), hq, hd, batch.capacity);
@@ -788,10 +791,10 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                     e.insert(self.g().decode_scratch(key.0, hq, hd, batch.capacity)?)
                 }
             };
-            self.gpu
+            self.g()
                 .attention_decode_into(qd, &cache.cache, &batch.attn, hq, s, dst)?;
         } else {
-            self.gpu
+            self.g()
                 .attention_prefill_into(qd, &cache.cache, &batch.attn, hq, dst)?;
         }
         Ok(out)
@@ -934,12 +937,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 c: c.view(),
                 d: Some(&params.d.buf),
             };
-            let slots: Vec<i32> = batch
-                .seq
-                .slots
-                .iter()
-                .map(|&s| int32(s, "slot"))
-                .collect::<Result<_>>()?;
+            let slots = &batch.slots_host;
             // Fresh sequences had their state zeroed (HybridModel::plan_step), so reading the
             // initial state is right for every sequence.
             let chunked = matches!(p, 64 | 128)
@@ -951,7 +949,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                     &inp,
                     dims,
                     &batch.seq.cu_seqlens(),
-                    &slots,
+                    slots,
                     st,
                     true,
                     dst,
@@ -962,7 +960,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                     *plan = Some(self.g().ssd_plan::<T>(
                         dims,
                         &batch.seq.cu_seqlens(),
-                        Some(&slots),
+                        Some(slots),
                     )?);
                 }
                 let pl = plan.as_mut().expect("made above");
