@@ -27,6 +27,16 @@
 #define ATTN_FWD_SMEM_HD64 49152
 #define ATTN_FWD_SMEM_HD128 98304
 
+// Hopper prefill kernels (attention_prefill_sm90.cu, compute capability 9.0 only): the same contract,
+//   kernels attn_fwd_{bf16,f16}_hd{64,128}_sm90(AttnParams), grid (ceil(max_new / ATTN_FWD_SM90_BLOCK_M),
+//   Hq, batch), block ATTN_FWD_SM90_THREADS, dynamic shared memory ATTN_FWD_SM90_SMEM_HD64 / _HD128
+//   bytes (Q tile + K/V stages of ATTN_FWD_SM90_BLOCK_N keys + 1024 bytes of alignment slack).
+#define ATTN_FWD_SM90_BLOCK_M 128
+#define ATTN_FWD_SM90_BLOCK_N 128
+#define ATTN_FWD_SM90_THREADS 256
+#define ATTN_FWD_SM90_SMEM_HD64 115712
+#define ATTN_FWD_SM90_SMEM_HD128 230400
+
 typedef struct AttnParams {
     const void* q;              // [tokens, Hq, hd]: packed row r at q + r * q_row_stride, head h at + h * hd
     const void* k_cache;        // [slots, capacity, Hkv, hd] (layout above)

@@ -1,5 +1,6 @@
 //! Times the attention kernels at Falcon-H1 shapes next to the anchors of PERF.md (H200, bf16):
-//! causal prefill (`Gpu::attention_prefill_into`), split-KV decode (`Gpu::attention_decode_into`,
+//! causal prefill (`Gpu::attention_prefill_into`, and on compute capability 9.0 also the Hopper
+//! kernels of `Gpu::attention_prefill_sm90_into`, named `attn_prefill_sm90_bf16`), split-KV decode (`Gpu::attention_decode_into`,
 //! both launches) and the RoPE + KV append (`Gpu::kv_append`). Plain `fn main()` bench
 //! (harness = false): `cargo bench --features cuda --bench gpu -- cuda_attention`.
 //!
@@ -128,6 +129,11 @@ pub fn run() {
         ("0.5B", 1, 8192, 8, 2, 64, 0.383, 0.233),
         ("34B", 1, 8192, 20, 4, 128, 1.24, 0.626),
     ];
+    // The sm90 kernels are timed next to the sm_80 ones on a compute capability 9.0 device.
+    let sm90 = g.attention_sm90_supported().unwrap_or(false);
+    if !sm90 {
+        println!("attn_prefill_sm90_bf16: skipped, the device is not compute capability 9.0");
+    }
     for (model, b, l, hq, hkv, hd, fa2, cudnn) in prefill {
         let shape = format!("{model} b{b} L{l} Hq{hq} Hkv{hkv} d{hd}");
         let f = fill(&mut rng, b, l, hq, hkv, hd, l);
@@ -151,6 +157,26 @@ pub fn run() {
             tf_at(cudnn)
         );
         bench_line("attn_fwd_bf16", &shape, ms, None, Some(tf));
+
+        // The Hopper kernels on the same inputs (compute capability 9.0 only).
+        if !sm90 {
+            continue;
+        }
+        let Some(ms) = time(&mut |_| {
+            ok(
+                g.attention_prefill_sm90_into(&f.q, &f.cache, &f.batch, hq, &mut out),
+                "attn_prefill_sm90_bf16",
+            )
+        }) else {
+            continue;
+        };
+        let tf = flops / ms / 1e9;
+        println!(
+            "attn_prefill_sm90_bf16 {shape}: {ms:.4} ms, {tf:.0} TFLOP/s ({:.0}% of \
+             {GEMM_TFLOPS}); anchors FA2 {fa2} ms, cuDNN {cudnn} ms",
+            100.0 * tf / GEMM_TFLOPS
+        );
+        bench_line("attn_prefill_sm90_bf16", &shape, ms, None, Some(tf));
     }
 
     // Decode: (model, batch, cached tokens, Hq, Hkv, hd, anchor SDPA ms)

@@ -21,13 +21,22 @@
 //! from 2 to 256; decode at 64 and 128 uses the split-KV kernels, other sizes the scalar f32
 //! kernel (which handles one new token per sequence as well).
 //!
+//! # Hopper prefill
+//! On compute capability 9.0 (H100/H200) there are also wgmma prefill kernels
+//! (kernels/attention_prefill_sm90.cu, `attn_fwd_{bf16,f16}_hd{64,128}_sm90`), launched by
+//! [`Gpu::attention_prefill_sm90_into`]. [`Gpu::attention_prefill_into`] still runs the sm_80
+//! kernels by default and takes the sm90 ones only when the environment variable
+//! [`ATTN_SM90_ENV`]` = 1` is set and the device is cc 9.0; the default flips once the sm90 GPU
+//! tests (`sm90_prefill_matches_reference`) have passed on a Hopper card.
+//!
 //! Everything is asynchronous on [`Gpu::stream`] and can be captured in a CUDA graph: the kernels
 //! read lengths, positions and slots from the batch's device arrays, which
 //! [`Gpu::attn_batch_update`] rewrites in place between replays.
 
 use super::conv1d::{elem_ptr, Strided};
 use super::params::{
-    AttnParams, KvAppendParams, ATTN_FWD_BLOCK_M, ATTN_FWD_SMEM_HD128, ATTN_FWD_SMEM_HD64,
+    AttnParams, KvAppendParams, ATTN_FWD_BLOCK_M, ATTN_FWD_SM90_BLOCK_M, ATTN_FWD_SM90_SMEM_HD128,
+    ATTN_FWD_SM90_SMEM_HD64, ATTN_FWD_SM90_THREADS, ATTN_FWD_SMEM_HD128, ATTN_FWD_SMEM_HD64,
     ATTN_FWD_THREADS,
 };
 use super::{cuda_err, Gpu, GpuDtype};
@@ -55,6 +64,10 @@ impl AttnDtype for half::f16 {
 impl AttnDtype for f32 {
     const HALF: bool = false;
 }
+
+/// Environment variable that opts [`Gpu::attention_prefill_into`] into the Hopper (sm90) prefill
+/// kernels on compute capability 9.0 when set to `1` (see the module docs).
+pub const ATTN_SM90_ENV: &str = "FH1_ATTN_SM90";
 
 /// Largest f32 head_dim (the scalar f32 kernels keep 8 values per lane).
 pub const MAX_F32_HEAD_DIM: usize = 256;
@@ -265,6 +278,17 @@ fn check_any_head_dim(op: &str, hd: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Which prefill kernel a launch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PrefillKernel {
+    /// bf16/f16 tensor cores, mma.sync (sm_80 and newer); f32 runs the scalar kernel.
+    Mma,
+    /// bf16/f16 wgmma (compute capability 9.0 only).
+    Sm90,
+    /// The scalar kernel, any even head dim, every dtype.
+    Scalar,
 }
 
 /// Host validation of a batch's arrays against a cache's geometry.
@@ -744,9 +768,11 @@ impl Gpu {
     /// hd]` dense; new token `i` of sequence `b` attends to cache rows `0 ..= starts[b] + i` of
     /// slot `slots[b]`, query head `h` to kv head `h / (Hq / Hkv)`, scale `1 / sqrt(hd)`.
     ///
-    /// bf16/f16: the tensor-core kernels `attn_fwd_{bf16,f16}_hd{64,128}` (f32 accumulation);
-    /// f32: the scalar kernel `attn_fwd_f32` (grid `(ceil(max_new / 4), Hq, batch)`, one warp per
-    /// query row and head).
+    /// bf16/f16: the tensor-core kernels `attn_fwd_{bf16,f16}_hd{64,128}` (f32 accumulation), or
+    /// the Hopper kernels of [`Gpu::attention_prefill_sm90_into`] when [`ATTN_SM90_ENV`] is `1`
+    /// and the device is compute capability 9.0 (the sm_80 kernels stay the default until the
+    /// sm90 GPU tests pass); f32: the scalar kernel `attn_fwd_f32` (grid `(ceil(max_new / 4),
+    /// Hq, batch)`, one warp per query row and head).
     pub fn attention_prefill_into<T: AttnDtype>(
         &self,
         q: &CudaSlice<T>,
@@ -755,22 +781,125 @@ impl Gpu {
         n_heads: usize,
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
-        const OP: &str = "attention_prefill";
-        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads, true)?;
-        let tokens = batch.tokens;
-        let row = [("tokens", tokens), ("Hq * hd", n_heads * hd)];
-        self.check_buf(OP, "q", q, &row)?;
-        self.check_buf(OP, "out", out, &row)?;
-        if n_heads > 65_535 {
+        let sm90 = T::HALF
+            && std::env::var(ATTN_SM90_ENV).is_ok_and(|v| v == "1")
+            && self.attention_sm90_supported()?;
+        let kind = if sm90 {
+            PrefillKernel::Sm90
+        } else {
+            PrefillKernel::Mma
+        };
+        self.prefill_launch("attention_prefill", q, cache, batch, n_heads, out, kind)
+    }
+
+    /// Whether this device runs the Hopper prefill kernels: compute capability exactly 9.0 (the
+    /// fatbin's sm_90a image runs on nothing else).
+    pub fn attention_sm90_supported(&self) -> Result<bool> {
+        let (major, minor) = self.compute_capability()?;
+        Ok(major == 9 && minor == 0)
+    }
+
+    /// The device's compute capability (major, minor).
+    fn compute_capability(&self) -> Result<(i32, i32)> {
+        let get = |a, what: &str| {
+            self.ctx
+                .attribute(a)
+                .map_err(|e| cuda_err(&format!("querying the compute capability {what}"), e))
+        };
+        Ok((
+            get(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                "major",
+            )?,
+            get(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                "minor",
+            )?,
+        ))
+    }
+
+    /// [`Gpu::attention_prefill_into`] on the Hopper kernels `attn_fwd_{bf16,f16}_hd{64,128}_sm90`
+    /// (wgmma from shared memory, f32 accumulation; kernels/attention_prefill_sm90.cu), whatever
+    /// [`ATTN_SM90_ENV`] says: the same contract and validation, bf16/f16 at head_dim 64 or 128
+    /// only, and an error on a device that is not compute capability 9.0. Grid
+    /// `(ceil(max_new / 128), Hq, batch)`, `ATTN_FWD_SM90_THREADS` threads,
+    /// `ATTN_FWD_SM90_SMEM_HD{64,128}` bytes of dynamic shared memory.
+    pub fn attention_prefill_sm90_into<T: AttnDtype>(
+        &self,
+        q: &CudaSlice<T>,
+        cache: &GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        const OP: &str = "attention_prefill_sm90";
+        if !T::HALF {
             return Err(Error::invalid(format!(
-                "{OP}: {n_heads} query heads exceed the grid's y extent (65535)"
+                "{OP}: the Hopper prefill kernels take bf16 and f16 only, not {}",
+                T::SUFFIX
             )));
         }
-        let (f, cfg) = if T::HALF {
-            let (smem, name) = if hd == 64 {
-                (ATTN_FWD_SMEM_HD64, format!("attn_fwd_{}_hd64", T::SUFFIX))
-            } else {
-                (ATTN_FWD_SMEM_HD128, format!("attn_fwd_{}_hd128", T::SUFFIX))
+        let (major, minor) = self.compute_capability()?;
+        if (major, minor) != (9, 0) {
+            return Err(Error::invalid(format!(
+                "{OP}: the Hopper prefill kernels need a compute capability 9.0 device \
+                 (H100/H200); this one is {major}.{minor}"
+            )));
+        }
+        self.prefill_launch(OP, q, cache, batch, n_heads, out, PrefillKernel::Sm90)
+    }
+
+    /// Validates and launches a prefill: the sm_80 or (with `sm90`, half types only) the Hopper
+    /// tensor-core kernels, or the scalar f32 kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_launch<T: AttnDtype>(
+        &self,
+        op_name: &str,
+        q: &CudaSlice<T>,
+        cache: &GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+        out: &mut CudaSlice<T>,
+        kind: PrefillKernel,
+    ) -> Result<()> {
+        let scalar = kind == PrefillKernel::Scalar || !T::HALF;
+        let (hkv, hd) = self.check_attn_common(op_name, cache, batch, n_heads, !scalar)?;
+        let tokens = batch.tokens;
+        let row = [("tokens", tokens), ("Hq * hd", n_heads * hd)];
+        self.check_buf(op_name, "q", q, &row)?;
+        self.check_buf(op_name, "out", out, &row)?;
+        if n_heads > 65_535 {
+            return Err(Error::invalid(format!(
+                "{op_name}: {n_heads} query heads exceed the grid's y extent (65535)"
+            )));
+        }
+        let sm90 = kind == PrefillKernel::Sm90;
+        let (f, cfg) = if !scalar {
+            let (smem, name, block_m, threads) = match (sm90, hd == 64) {
+                (false, true) => (
+                    ATTN_FWD_SMEM_HD64,
+                    format!("attn_fwd_{}_hd64", T::SUFFIX),
+                    ATTN_FWD_BLOCK_M,
+                    ATTN_FWD_THREADS,
+                ),
+                (false, false) => (
+                    ATTN_FWD_SMEM_HD128,
+                    format!("attn_fwd_{}_hd128", T::SUFFIX),
+                    ATTN_FWD_BLOCK_M,
+                    ATTN_FWD_THREADS,
+                ),
+                (true, true) => (
+                    ATTN_FWD_SM90_SMEM_HD64,
+                    format!("attn_fwd_{}_hd64_sm90", T::SUFFIX),
+                    ATTN_FWD_SM90_BLOCK_M,
+                    ATTN_FWD_SM90_THREADS,
+                ),
+                (true, false) => (
+                    ATTN_FWD_SM90_SMEM_HD128,
+                    format!("attn_fwd_{}_hd128_sm90", T::SUFFIX),
+                    ATTN_FWD_SM90_BLOCK_M,
+                    ATTN_FWD_SM90_THREADS,
+                ),
             };
             let f = self.function(&name)?;
             f.set_attribute(
@@ -779,22 +908,27 @@ impl Gpu {
             )
             .map_err(|e| {
                 cuda_err(
-                    &format!("{OP}: raising {name}'s dynamic shared memory to {smem} bytes"),
+                    &format!("{op_name}: raising {name}'s dynamic shared memory to {smem} bytes"),
                     e,
                 )
             })?;
             let cfg = LaunchConfig {
                 grid_dim: (
-                    batch.max_new.div_ceil(ATTN_FWD_BLOCK_M as usize) as u32,
+                    batch.max_new.div_ceil(block_m as usize) as u32,
                     n_heads as u32,
                     batch.batch() as u32,
                 ),
-                block_dim: (ATTN_FWD_THREADS, 1, 1),
+                block_dim: (threads, 1, 1),
                 shared_mem_bytes: smem,
             };
             (f, cfg)
         } else {
-            let f = self.function("attn_fwd_f32")?;
+            let name = if T::HALF {
+                format!("attn_fwd_ref_{}", T::SUFFIX)
+            } else {
+                "attn_fwd_f32".to_string()
+            };
+            let f = self.function(&name)?;
             let cfg = LaunchConfig {
                 grid_dim: (
                     batch.max_new.div_ceil(4) as u32,
@@ -837,7 +971,8 @@ impl Gpu {
         // packing), reads cache rows (slots[b], 0 ..= starts[b] + i) with slots[b] < slots and
         // starts[b] + lens[b] <= capacity, validated against this cache; `out` is a `&mut`
         // borrow distinct from q and the cache. Guards are held until the launch is enqueued.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {OP}"), e))?;
+        // The sm90 kernels are only chosen on compute capability 9.0 (checked by the callers).
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {op_name}"), e))?;
         Ok(())
     }
 
@@ -854,62 +989,15 @@ impl Gpu {
         n_heads: usize,
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
-        const OP: &str = "attention_reference";
-        let (hkv, hd) = self.check_attn_common(OP, cache, batch, n_heads, false)?;
-        let row = [("tokens", batch.tokens), ("Hq * hd", n_heads * hd)];
-        self.check_buf(OP, "q", q, &row)?;
-        self.check_buf(OP, "out", out, &row)?;
-        if n_heads > 65_535 {
-            return Err(Error::invalid(format!(
-                "{OP}: {n_heads} query heads exceed the grid's y extent (65535)"
-            )));
-        }
-        let name = if T::HALF {
-            format!("attn_fwd_ref_{}", T::SUFFIX)
-        } else {
-            "attn_fwd_f32".to_string()
-        };
-        let f = self.function(&name)?;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                batch.max_new.div_ceil(4) as u32,
-                n_heads as u32,
-                batch.batch() as u32,
-            ),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let s = &self.stream;
-        let (qp, _gq) = q.device_ptr(s);
-        let (kcp, _gkc) = cache.keys.device_ptr(s);
-        let (vcp, _gvc) = cache.values.device_ptr(s);
-        let (op, _go) = out.device_ptr_mut(s);
-        let (cup, _gcu) = batch.cu_seqlens.device_ptr(s);
-        let (stp, _gst) = batch.seq_start.device_ptr(s);
-        let (slp, _gsl) = batch.slot_idx.device_ptr(s);
-        let p = Self::attn_params(
-            qp,
-            kcp,
-            vcp,
-            op,
-            cup,
-            stp,
-            slp,
+        self.prefill_launch(
+            "attention_reference",
+            q,
+            cache,
             batch,
             n_heads,
-            hkv,
-            hd,
-            cache.slots,
-            cache.capacity,
-        );
-        let mut b = s.launch_builder(&f);
-        b.arg(&p);
-        // SAFETY: as in attention_prefill_into: q and out are exactly [tokens, Hq * hd], the
-        // device arrays hold the packing validated against this cache, so every cache row read
-        // is (slots[b] < slots, row < starts[b] + lens[b] <= capacity); `out` is a distinct
-        // `&mut` borrow. Guards are held until the launch is enqueued.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {OP}"), e))?;
-        Ok(())
+            out,
+            PrefillKernel::Scalar,
+        )
     }
 
     /// Split-KV decode: every sequence of `batch` has exactly one new token (already appended to

@@ -131,6 +131,8 @@ enum Attn<'a> {
     /// Nothing (filling the cache).
     AppendOnly,
     Prefill,
+    /// The Hopper kernels (`Gpu::attention_prefill_sm90_into`; compute capability 9.0 only).
+    PrefillSm90,
     /// The scalar kernel for any head dim (`Gpu::attention_reference_into`).
     Reference,
     Decode(&'a mut DecodeScratch),
@@ -182,6 +184,9 @@ fn gpu_step<T: AttnDtype>(
             .unwrap(),
         Attn::Prefill => g
             .attention_prefill_into(&dq, cache, batch, h.hq, &mut out)
+            .unwrap(),
+        Attn::PrefillSm90 => g
+            .attention_prefill_sm90_into(&dq, cache, batch, h.hq, &mut out)
             .unwrap(),
         Attn::Reference => g
             .attention_reference_into(&dq, cache, batch, h.hq, &mut out)
@@ -236,11 +241,21 @@ fn prefill_case<T: AttnDtype>(
     n_slots: usize,
     seed: u64,
 ) {
-    prefill_case_with::<T>(g, h, lens, slots, n_slots, seed, false)
+    prefill_case_with::<T>(g, h, lens, slots, n_slots, seed, Path::Tensor)
 }
 
-/// [`prefill_case`] through the prefill kernels or, with `scalar`, the any-head-dim reference
-/// kernel.
+/// Which prefill kernels a case runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    /// `Gpu::attention_prefill_into` (the sm_80 tensor-core kernels by default).
+    Tensor,
+    /// `Gpu::attention_reference_into`, the any-head-dim scalar kernel.
+    Scalar,
+    /// `Gpu::attention_prefill_sm90_into`, the Hopper kernels.
+    Sm90,
+}
+
+/// [`prefill_case`] through the kernels of `path`.
 #[allow(clippy::too_many_arguments)]
 fn prefill_case_with<T: AttnDtype>(
     g: &Gpu,
@@ -249,7 +264,7 @@ fn prefill_case_with<T: AttnDtype>(
     slots: &[usize],
     n_slots: usize,
     seed: u64,
-    scalar: bool,
+    path: Path,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     let tokens: usize = lens.iter().sum();
@@ -261,19 +276,19 @@ fn prefill_case_with<T: AttnDtype>(
     let v = draw::<T>(&mut rng, tokens * h.hkv * h.hd, 1.0);
     let starts = vec![0; lens.len()];
     let batch = g.attn_batch(slots, lens, &starts, n_slots, cap).unwrap();
-    let kind = if scalar {
-        Attn::Reference
-    } else {
-        Attn::Prefill
+    let kind = match path {
+        Path::Tensor => Attn::Prefill,
+        Path::Scalar => Attn::Reference,
+        Path::Sm90 => Attn::PrefillSm90,
     };
     let (got, qr) = gpu_step(g, &mut cache, &inv, h, &q, &k, &v, &batch, kind);
     let (want, emu) = references(g, &cache, h, &qr, slots, lens, &starts);
     let what = format!(
         "{} {} lens {lens:?} {h:?}",
-        if scalar {
-            "scalar attention"
-        } else {
-            "prefill"
+        match path {
+            Path::Tensor => "prefill",
+            Path::Scalar => "scalar attention",
+            Path::Sm90 => "sm90 prefill",
         },
         T::SUFFIX
     );
@@ -312,7 +327,11 @@ const H6_64: Heads = Heads {
 };
 
 fn prefill_sweep<T: AttnDtype>(seed0: u64) {
-    let g = gpu();
+    prefill_sweep_on::<T>(&gpu(), seed0, Path::Tensor);
+}
+
+/// The prefill covering set through the kernels of `path`.
+fn prefill_sweep_on<T: AttnDtype>(g: &Gpu, seed0: u64, path: Path) {
     let mut seed = seed0;
     // Every length with a rotating (ratio, head dim): each ratio and head dim meets short,
     // block-edge and long lengths.
@@ -320,13 +339,14 @@ fn prefill_sweep<T: AttnDtype>(seed0: u64) {
     for (i, &l) in [1usize, 2, 127, 129, 1000].iter().enumerate() {
         for j in 0..3 {
             seed += 1;
-            prefill_case::<T>(&g, heads[(i + 2 * j) % heads.len()], &[l], &[0], 1, seed);
+            let h = heads[(i + 2 * j) % heads.len()];
+            prefill_case_with::<T>(g, h, &[l], &[0], 1, seed, path);
         }
     }
     // Batch 3 of different lengths in permuted slots.
     for h in [H6, H4, H1_128] {
         seed += 1;
-        prefill_case::<T>(&g, h, &[129, 1, 1000], &[2, 0, 3], 4, seed);
+        prefill_case_with::<T>(g, h, &[129, 1, 1000], &[2, 0, 3], 4, seed, path);
     }
 }
 
@@ -353,6 +373,25 @@ fn prefill_long_4097() {
 /// the cached first); the second chunk's output equals the one-shot prefill's rows and passes the
 /// reference.
 fn chunked_case<T: AttnDtype>(g: &Gpu, h: Heads, first: &[usize], second: &[usize], seed: u64) {
+    chunked_case_with::<T>(g, h, first, second, seed, false)
+}
+
+/// [`chunked_case`]; with `sm90`, both chunks and the one-shot prefill run on the Hopper kernels.
+fn chunked_case_with<T: AttnDtype>(
+    g: &Gpu,
+    h: Heads,
+    first: &[usize],
+    second: &[usize],
+    seed: u64,
+    sm90: bool,
+) {
+    let prefill = || {
+        if sm90 {
+            Attn::PrefillSm90
+        } else {
+            Attn::Prefill
+        }
+    };
     let mut rng = StdRng::seed_from_u64(seed);
     let nb = first.len();
     let slots: Vec<usize> = (0..nb).rev().collect();
@@ -387,19 +426,20 @@ fn chunked_case<T: AttnDtype>(g: &Gpu, h: Heads, first: &[usize], second: &[usiz
     let [q, k, v] = pack(&|b| (0, total[b]));
     let zero = vec![0; nb];
     let b1 = g.attn_batch(&slots, &total, &zero, nb, cap).unwrap();
-    let (full, _) = gpu_step(g, &mut c1, &inv, h, &q, &k, &v, &b1, Attn::Prefill);
+    let (full, _) = gpu_step(g, &mut c1, &inv, h, &q, &k, &v, &b1, prefill());
 
     // Two chunks.
     let mut c2 = g.kv_cache::<T>(nb, cap, h.hkv, h.hd).unwrap();
     let [q, k, v] = pack(&|b| (0, first[b]));
     let ba = g.attn_batch(&slots, first, &zero, nb, cap).unwrap();
-    gpu_step(g, &mut c2, &inv, h, &q, &k, &v, &ba, Attn::Prefill);
+    gpu_step(g, &mut c2, &inv, h, &q, &k, &v, &ba, prefill());
     let [q, k, v] = pack(&|b| (first[b], total[b]));
     let bb = g.attn_batch(&slots, second, first, nb, cap).unwrap();
-    let (got, qr) = gpu_step(g, &mut c2, &inv, h, &q, &k, &v, &bb, Attn::Prefill);
+    let (got, qr) = gpu_step(g, &mut c2, &inv, h, &q, &k, &v, &bb, prefill());
     let (want, emu) = references(g, &c2, h, &qr, &slots, second, first);
     let what = format!(
-        "chunked prefill {} chunks {first:?} + {second:?} {h:?}",
+        "chunked {}prefill {} chunks {first:?} + {second:?} {h:?}",
+        if sm90 { "sm90 " } else { "" },
         T::SUFFIX
     );
     check_attn::<T>(&what, &got, &want, T::HALF.then_some(&emu[..]), qrow);
@@ -418,6 +458,41 @@ fn chunked_case<T: AttnDtype>(g: &Gpu, h: Heads, first: &[usize], second: &[usiz
         qrow,
         1e-2,
     );
+}
+
+/// The Hopper kernels (`Gpu::attention_prefill_sm90_into`) on the covering set of the bf16/f16
+/// prefill tests (lengths 1, 2, 127, 129, 1000 and 4097; GQA ratios 1, 4 and 6; head dims 64 and
+/// 128; a batch of 3 different lengths; chunked prefill against a cached prefix), under the same
+/// 2x-emulated-error rule. On a device that is not compute capability 9.0 it checks that the
+/// launcher refuses, prints that the rest is skipped, and passes.
+#[test]
+fn sm90_prefill_matches_reference() {
+    let g = gpu();
+    if !g.attention_sm90_supported().unwrap() {
+        // The launcher must refuse (not launch a trapping kernel) off Hopper.
+        let cache = g.kv_cache::<half::bf16>(1, 4, 1, 64).unwrap();
+        let batch = g.attn_batch(&[0], &[1], &[0], 1, 4).unwrap();
+        let q = g.zeros::<half::bf16>(64).unwrap();
+        let mut out = g.zeros::<half::bf16>(64).unwrap();
+        let err = g
+            .attention_prefill_sm90_into(&q, &cache, &batch, 1, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("9.0"), "unexpected error: {err}");
+        println!(
+            "sm90_prefill_matches_reference: skipped, the device ({}) is not compute capability 9.0",
+            g.name().unwrap_or_default()
+        );
+        return;
+    }
+    prefill_sweep_on::<half::bf16>(&g, 8000, Path::Sm90);
+    prefill_sweep_on::<half::f16>(&g, 8100, Path::Sm90);
+    prefill_case_with::<half::bf16>(&g, H6, &[4097], &[0], 1, 8201, Path::Sm90);
+    prefill_case_with::<half::f16>(&g, H4, &[4097], &[1], 2, 8202, Path::Sm90);
+    chunked_case_with::<half::bf16>(&g, H6, &[300], &[429], 8301, true);
+    chunked_case_with::<half::f16>(&g, H4, &[128, 5, 1000], &[1, 200, 129], 8302, true);
+    chunked_case_with::<half::bf16>(&g, H1_128, &[1, 64], &[127, 1], 8303, true);
+    chunked_case_with::<half::f16>(&g, H6_64, &[1, 4000], &[300, 97], 8304, true);
 }
 
 #[test]
@@ -783,8 +858,24 @@ fn errors_are_reported() {
 fn scalar_attention_any_head_dim() {
     let g = gpu();
     let small = |hq, hkv, hd| Heads { hq, hkv, hd };
-    prefill_case_with::<half::bf16>(&g, small(4, 2, 16), &[37, 5, 1], &[2, 0, 1], 3, 7101, true);
-    prefill_case_with::<half::bf16>(&g, small(6, 1, 32), &[129], &[0], 1, 7102, true);
-    prefill_case_with::<half::f16>(&g, small(4, 4, 16), &[20, 64], &[1, 0], 2, 7103, true);
-    prefill_case_with::<half::bf16>(&g, H4, &[200], &[0], 1, 7104, true);
+    prefill_case_with::<half::bf16>(
+        &g,
+        small(4, 2, 16),
+        &[37, 5, 1],
+        &[2, 0, 1],
+        3,
+        7101,
+        Path::Scalar,
+    );
+    prefill_case_with::<half::bf16>(&g, small(6, 1, 32), &[129], &[0], 1, 7102, Path::Scalar);
+    prefill_case_with::<half::f16>(
+        &g,
+        small(4, 4, 16),
+        &[20, 64],
+        &[1, 0],
+        2,
+        7103,
+        Path::Scalar,
+    );
+    prefill_case_with::<half::bf16>(&g, H4, &[200], &[0], 1, 7104, Path::Scalar);
 }
