@@ -30,6 +30,8 @@ run() { echo "== $*"; timeout "${T:-300}" "$@" || { echo "!! exit $? from: $*"; 
     done
     run $cli bench --preset 0.5b --prompt-len 8192 --decode-tokens 64
     run $cli bench --preset 7b --prompt-len 8192 --decode-tokens 64 --chunk 0
+    FH1_ATTN_SM90=1 run $cli bench --preset 7b --prompt-len 8192 --decode-tokens 0 --chunk 0
+    run $cli bench --preset 7b --prompt-len 8192 --decode-tokens 16 --chunk 0 --one-stream
     run $cli bench --preset 7b --prompt-len 512 --decode-tokens 32 --batch 32
     T=600 run $cli bench --preset 7b --prompt-len 131072 --decode-tokens 8
     T=600 run $cli bench --preset 7b --prompt-len 262144 --decode-tokens 8
