@@ -3,6 +3,8 @@
 # `bash scripts/gpu-bundle.sh` here (carry ".gpu-bundle"):
 #   bash scripts/gpu-check.sh            # tests + kernel benches + whole-model figures
 #   QUICK=1 bash scripts/gpu-check.sh    # tests only
+#   FIGURES=1 bash scripts/gpu-check.sh  # benches, GPU parity and model figures, no tests
+# (two device calls, QUICK then FIGURES, keep each under the 10-minute limit of one call)
 # Output goes to $OUT/gpu-check.log (and the bundle's own $OUT/gpu-run.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,11 @@ run() { echo "== $*"; timeout "${T:-300}" "$@" || { echo "!! exit $? from: $*"; 
   if [ "${QUICK:-0}" = 1 ]; then
     bash .gpu-bundle/run.sh || status=1
   else
-    BENCH=1 bash .gpu-bundle/run.sh || status=1
+    if [ "${FIGURES:-0}" = 1 ]; then
+      for b in .gpu-bundle/benches/*; do run "$b" --bench; done
+    else
+      BENCH=1 bash .gpu-bundle/run.sh || status=1
+    fi
     for m in tests/data/*/; do
       [ -f "$m/reference.safetensors" ] || continue
       run $cli parity --model "$m" --dtype bf16
