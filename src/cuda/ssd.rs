@@ -97,6 +97,81 @@ fn input_ptrs<'a, T: GpuDtype>(
     (ptrs, guards)
 }
 
+/// Checks a varlen layout shared by the SSD launchers: H a non-zero multiple of G (at most
+/// 65535), `lo <= hi`, `cu_seqlens` from 0, never decreasing, 1 to 65535 sequences and 1 to
+/// 2^31 - 1 tokens, and `slots` (when given) one non-negative, distinct entry per sequence.
+/// Returns (batch, tokens).
+fn check_layout(
+    op: &str,
+    h: usize,
+    g: usize,
+    (lo, hi): (f32, f32),
+    cu_seqlens: &[usize],
+    slots: Option<&[i32]>,
+) -> Result<(usize, usize)> {
+    if h == 0 || g == 0 || h % g != 0 {
+        return Err(bad(format!(
+            "{op}: heads H = {h} must be a non-zero multiple of groups G = {g}"
+        )));
+    }
+    if h > 65535 {
+        return Err(bad(format!(
+            "{op}: H = {h} heads is more than a launch handles (65535)"
+        )));
+    }
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return Err(bad(format!(
+            "{op}: dt_limit ({lo}, {hi}) must satisfy lo <= hi"
+        )));
+    }
+    if cu_seqlens.len() < 2 {
+        return Err(bad(format!(
+            "{op}: `cu_seqlens` needs batch + 1 >= 2 entries, found {}",
+            cu_seqlens.len()
+        )));
+    }
+    let batch = cu_seqlens.len() - 1;
+    if batch > 65535 {
+        return Err(bad(format!(
+            "{op}: batch {batch} is more than a launch handles (65535)"
+        )));
+    }
+    if cu_seqlens[0] != 0 || cu_seqlens.windows(2).any(|w| w[1] < w[0]) {
+        return Err(bad(format!(
+            "{op}: `cu_seqlens` must start at 0 and never decrease, found {cu_seqlens:?}"
+        )));
+    }
+    let t = cu_seqlens[batch];
+    if t == 0 {
+        return Err(bad(format!("{op}: no tokens (cu_seqlens ends at 0)")));
+    }
+    if t > i32::MAX as usize {
+        return Err(bad(format!(
+            "{op}: {t} tokens is more than the int32 chunk table holds"
+        )));
+    }
+    if let Some(sl) = slots {
+        if sl.len() != batch {
+            return Err(bad(format!(
+                "{op}: `slots` has {} entries, expected batch = {batch}",
+                sl.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, &s) in sl.iter().enumerate() {
+            if s < 0 {
+                return Err(bad(format!("{op}: slots[{i}] = {s} is negative")));
+            }
+            if !seen.insert(s) {
+                return Err(bad(format!(
+                    "{op}: slot {s} is used by two sequences (slots[{i}])"
+                )));
+            }
+        }
+    }
+    Ok((batch, t))
+}
+
 fn bad(msg: String) -> Error {
     Error::invalid(msg)
 }
@@ -179,6 +254,45 @@ impl Gpu {
         self.check_buf(op, name, m.buf, &[("elements", m.buf.len())])
     }
 
+    /// Checks an SSD call's inputs (`T` rows of x, dt, B, C views), parameter vectors `[H]`,
+    /// `y [T, H, P]` and the f32 state `[slots, H, P, N]`; returns the number of slots.
+    fn check_io<T: GpuDtype>(
+        &self,
+        op: &str,
+        inp: &SsdCudaInputs<T>,
+        (h, p, g, n): (usize, usize, usize, usize),
+        t: usize,
+        state: &CudaSlice<f32>,
+        y: &CudaSlice<T>,
+    ) -> Result<usize> {
+        self.check_cols(op, "x", &inp.x, t, h * p)?;
+        self.check_cols(op, "dt", &inp.dt, t, h)?;
+        self.check_cols(op, "b", &inp.b, t, g * n)?;
+        self.check_cols(op, "c", &inp.c, t, g * n)?;
+        self.check_buf(op, "dt_bias", inp.dt_bias, &[("H", h)])?;
+        self.check_buf(op, "a_log", inp.a_log, &[("H", h)])?;
+        if let Some(d) = inp.d {
+            self.check_buf(op, "d", d, &[("H", h)])?;
+        }
+        self.check_buf(op, "y", y, &[("T", t), ("H", h), ("P", p)])?;
+        let per_slot = h * p * n;
+        if state.is_empty() || state.len() % per_slot != 0 {
+            return Err(bad(format!(
+                "{op}: `state` has {} elements, expected [slots, H={h}, P={p}, N={n}] \
+                 (a multiple of {per_slot})",
+                state.len()
+            )));
+        }
+        let n_slots = state.len() / per_slot;
+        self.check_buf(
+            op,
+            "state",
+            state,
+            &[("slots", n_slots), ("H*P*N", per_slot)],
+        )?;
+        Ok(n_slots)
+    }
+
     /// Mamba-2 SSD chunked prefill (mamba's `mamba_chunk_scan_combined`, HF
     /// `mamba2_chunk_scan`) over a packed varlen batch; the result equals
     /// [`crate::cpu::ssd::ssd_chunked`] run on each sequence. Asynchronous on [`Gpu::stream`].
@@ -251,48 +365,7 @@ impl Gpu {
                 "{OP}: chunk_size {q} is not supported (64, 128 or 256)"
             )));
         }
-        if h == 0 || g == 0 || h % g != 0 {
-            return Err(bad(format!(
-                "{OP}: heads H = {h} must be a non-zero multiple of groups G = {g}"
-            )));
-        }
-        if h > 65535 {
-            return Err(bad(format!(
-                "{OP}: H = {h} heads is more than a launch handles (65535)"
-            )));
-        }
-        let (lo, hi) = dt_limit;
-        if lo.is_nan() || hi.is_nan() || lo > hi {
-            return Err(bad(format!(
-                "{OP}: dt_limit ({lo}, {hi}) must satisfy lo <= hi"
-            )));
-        }
-        if cu_seqlens.len() < 2 {
-            return Err(bad(format!(
-                "{OP}: `cu_seqlens` needs batch + 1 >= 2 entries, found {}",
-                cu_seqlens.len()
-            )));
-        }
-        let batch = cu_seqlens.len() - 1;
-        if batch > 65535 {
-            return Err(bad(format!(
-                "{OP}: batch {batch} is more than a launch handles (65535)"
-            )));
-        }
-        if cu_seqlens[0] != 0 || cu_seqlens.windows(2).any(|w| w[1] < w[0]) {
-            return Err(bad(format!(
-                "{OP}: `cu_seqlens` must start at 0 and never decrease, found {cu_seqlens:?}"
-            )));
-        }
-        let t = cu_seqlens[batch];
-        if t == 0 {
-            return Err(bad(format!("{OP}: no tokens (cu_seqlens ends at 0)")));
-        }
-        if t > i32::MAX as usize {
-            return Err(bad(format!(
-                "{OP}: {t} tokens is more than the int32 chunk table holds"
-            )));
-        }
+        let (batch, t) = check_layout(OP, h, g, dt_limit, cu_seqlens, slots)?;
         // The chunk table: every sequence split into chunks of q tokens, the last maybe shorter.
         let mut chunk_info: Vec<i32> = Vec::new();
         let mut seq_chunks: Vec<i32> = Vec::with_capacity(batch + 1);
@@ -308,25 +381,6 @@ impl Gpu {
         }
         let nc = chunk_info.len() / 2;
         seq_chunks.push(nc as i32);
-        if let Some(sl) = slots {
-            if sl.len() != batch {
-                return Err(bad(format!(
-                    "{OP}: `slots` has {} entries, expected batch = {batch}",
-                    sl.len()
-                )));
-            }
-            let mut seen = std::collections::HashSet::new();
-            for (i, &s) in sl.iter().enumerate() {
-                if s < 0 {
-                    return Err(bad(format!("{OP}: slots[{i}] = {s} is negative")));
-                }
-                if !seen.insert(s) {
-                    return Err(bad(format!(
-                        "{OP}: slot {s} is used by two sequences (slots[{i}])"
-                    )));
-                }
-            }
-        }
         let per_slot = h * p * n;
         let s = &self.stream;
         let up = |v: &[i32], what: &str| {
@@ -384,31 +438,7 @@ impl Gpu {
         } = plan.dims;
         let (t, batch, nc) = (plan.tokens, plan.batch, plan.n_chunks);
         self.check_buf(OP, "plan", &plan.chunk_info, &[("chunks", nc), ("2", 2)])?;
-        self.check_cols(OP, "x", &inp.x, t, h * p)?;
-        self.check_cols(OP, "dt", &inp.dt, t, h)?;
-        self.check_cols(OP, "b", &inp.b, t, g * n)?;
-        self.check_cols(OP, "c", &inp.c, t, g * n)?;
-        self.check_buf(OP, "dt_bias", inp.dt_bias, &[("H", h)])?;
-        self.check_buf(OP, "a_log", inp.a_log, &[("H", h)])?;
-        if let Some(d) = inp.d {
-            self.check_buf(OP, "d", d, &[("H", h)])?;
-        }
-        self.check_buf(OP, "y", y, &[("T", t), ("H", h), ("P", p)])?;
-        let per_slot = h * p * n;
-        if state.is_empty() || state.len() % per_slot != 0 {
-            return Err(bad(format!(
-                "{OP}: `state` has {} elements, expected [slots, H={h}, P={p}, N={n}] \
-                 (a multiple of {per_slot})",
-                state.len()
-            )));
-        }
-        let n_slots = state.len() / per_slot;
-        self.check_buf(
-            OP,
-            "state",
-            state,
-            &[("slots", n_slots), ("H*P*N", per_slot)],
-        )?;
+        let n_slots = self.check_io(OP, inp, (h, p, g, n), t, state, y)?;
         let needed = match &plan.slots {
             Some(sl) => sl.iter().map(|&s| s as usize + 1).max().unwrap_or(0),
             None => batch,
@@ -569,68 +599,18 @@ impl Gpu {
             dt_limit: (lo, hi),
             ..
         } = dims;
-        if h == 0 || p == 0 || g == 0 || n == 0 || h % g != 0 {
+        if p == 0 || n == 0 || !matches!(p.checked_mul(n), Some(s) if s <= SSD_REF_MAX_STATE) {
             return Err(bad(format!(
-                "{OP}: need positive sizes and H % G == 0, got H={h}, P={p}, G={g}, N={n}"
+                "{OP}: P*N = {p}*{n} must be 1 to {SSD_REF_MAX_STATE}"
             )));
         }
-        if !matches!(p.checked_mul(n), Some(s) if s <= SSD_REF_MAX_STATE) || h > 65_535 {
+        let (batch, t) = check_layout(OP, h, g, (lo, hi), cu_seqlens, Some(slots))?;
+        let n_slots = self.check_io(OP, inp, (h, p, g, n), t, state, y)?;
+        if let Some(&s) = slots.iter().find(|&&s| s as usize >= n_slots) {
             return Err(bad(format!(
-                "{OP}: P*N = {p}*{n} exceeds {SSD_REF_MAX_STATE} or H = {h} exceeds 65535"
+                "{OP}: slot {s} is outside the state's {n_slots} slots"
             )));
         }
-        if lo.is_nan() || hi.is_nan() || lo < 0.0 || lo > hi {
-            return Err(bad(format!(
-                "{OP}: dt_limit must be 0 <= lo <= hi, got ({lo}, {hi})"
-            )));
-        }
-        let batch = cu_seqlens.len().saturating_sub(1);
-        if batch == 0 || batch > 65_535 || cu_seqlens[0] != 0 {
-            return Err(bad(format!(
-                "{OP}: cu_seqlens must start at 0 and describe 1 to 65535 sequences, got {cu_seqlens:?}"
-            )));
-        }
-        if cu_seqlens.windows(2).any(|w| w[1] < w[0]) {
-            return Err(bad(format!("{OP}: cu_seqlens {cu_seqlens:?} decreases")));
-        }
-        let t = cu_seqlens[batch];
-        if t == 0 || t > i32::MAX as usize {
-            return Err(bad(format!("{OP}: {t} tokens (need 1 to 2^31 - 1)")));
-        }
-        if slots.len() != batch {
-            return Err(bad(format!(
-                "{OP}: {} slots for {batch} sequences",
-                slots.len()
-            )));
-        }
-        self.check_cols(OP, "x", &inp.x, t, h * p)?;
-        self.check_cols(OP, "dt", &inp.dt, t, h)?;
-        self.check_cols(OP, "b", &inp.b, t, g * n)?;
-        self.check_cols(OP, "c", &inp.c, t, g * n)?;
-        self.check_buf(OP, "dt_bias", inp.dt_bias, &[("H", h)])?;
-        self.check_buf(OP, "a_log", inp.a_log, &[("H", h)])?;
-        if let Some(d) = inp.d {
-            self.check_buf(OP, "d", d, &[("H", h)])?;
-        }
-        self.check_buf(OP, "y", y, &[("T", t), ("H", h), ("P", p)])?;
-        let per_slot = h * p * n;
-        if state.is_empty() || state.len() % per_slot != 0 {
-            return Err(bad(format!(
-                "{OP}: `state` has {} elements, expected [slots, H={h}, P={p}, N={n}]",
-                state.len()
-            )));
-        }
-        let n_slots = state.len() / per_slot;
-        let mut seen = slots.to_vec();
-        seen.sort_unstable();
-        if seen.iter().any(|&s| s < 0 || s as usize >= n_slots)
-            || seen.windows(2).any(|w| w[0] == w[1])
-        {
-            return Err(bad(format!(
-                "{OP}: slots {slots:?} must be distinct and in [0, {n_slots})"
-            )));
-        }
-        self.check_buf(OP, "state", state, &[("elements", state.len())])?;
         let info: Vec<i32> = (0..batch)
             .flat_map(|s| {
                 [
