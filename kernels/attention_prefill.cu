@@ -65,9 +65,11 @@
 //     key tile_start + nt*8 + 2 tig + (e&1)); it is masked when key > query position.
 #include "common.cuh"
 #include "params.h"
+#include "attention_util.cuh"
 #include <type_traits>
 
 namespace fh1_attn_fwd {
+using namespace fh1_attn;
 
 constexpr int kBM = ATTN_FWD_BLOCK_M;      // query rows per block
 constexpr int kBN = 64;                    // keys per K/V tile
@@ -79,19 +81,6 @@ static_assert(kBM == 2 * kBN, "the Q tile must fill exactly one K+V stage");
 static_assert(kStages * kBM * 64 * 2 == ATTN_FWD_SMEM_HD64, "ATTN_FWD_SMEM_HD64 must match the tiling");
 static_assert(kStages * kBM * 128 * 2 == ATTN_FWD_SMEM_HD128, "ATTN_FWD_SMEM_HD128 must match the tiling");
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy that bypasses L1; src_bytes 0 writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -123,32 +112,6 @@ __device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two f32 rounded to T and packed, lo in the low half (the lower column / k index).
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// 2^x in one MUFU op; ex2.approx(-inf) = +0, which the masking relies on.
-__device__ __forceinline__ float exp2_fast(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
 
 // Element offset of 16-byte chunk c of row r in a swizzled [rows][HD] tile.
 template <int HD> __device__ __forceinline__ int swz(int r, int c) { return r * HD + ((c ^ (r & 7)) << 3); }

@@ -66,11 +66,13 @@
 //   (row 16 w + gid, k 2tig+8..+9), (row +8, same) -- the mma.m16n8k16 A layout.
 #include "common.cuh"
 #include "params.h"
+#include "attention_util.cuh"
 #include <type_traits>
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 namespace fh1_attn_fwd_sm90 {
+using namespace fh1_attn;
 
 constexpr int kBM = ATTN_FWD_SM90_BLOCK_M;  // query rows per block (two warpgroups of 64)
 constexpr int kBN = ATTN_FWD_SM90_BLOCK_N;  // keys per K/V tile
@@ -82,18 +84,6 @@ template <int HD> __host__ __device__ constexpr int smem_bytes() { return kBM * 
 static_assert(smem_bytes<64>() == ATTN_FWD_SM90_SMEM_HD64, "ATTN_FWD_SM90_SMEM_HD64 must match the tiling");
 static_assert(smem_bytes<128>() == ATTN_FWD_SM90_SMEM_HD128, "ATTN_FWD_SM90_SMEM_HD128 must match the tiling");
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 // Orders this thread's generic-proxy shared memory writes (landed cp.async data, st.shared)
 // before later async-proxy reads (wgmma operands).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -188,31 +178,6 @@ template <> __device__ __forceinline__ void wgmma_rs_tb<__half, 128>(float (&d)[
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1));
 }
 
-// Two f32 rounded to T and packed, lo in the low half (the lower column / k index).
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// 2^x in one MUFU op; ex2.approx(-inf) = +0, which the masking relies on.
-__device__ __forceinline__ float exp2_fast(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
 
 // Byte offset of 16-byte chunk c (0 .. HD/8 - 1) of row r in a 128B-swizzled [HD/64][ROWS][64] tile.
 template <int ROWS> __device__ __forceinline__ uint32_t swz128(int r, int c) {
