@@ -172,15 +172,14 @@ pub enum CudaState<T: GpuDtype> {
     },
 }
 
-/// One forward's batch on the device: token ids, the packed layout (int32 cu_seqlens and slots,
-/// and the attention kernels' own copy with the starts), and, made at the first Mamba layer, the
+/// One forward's batch on the device: token ids, the packed layout (the attention batch's int32
+/// cu_seqlens, starts and slots, which the conv and scan kernels read too), and, made at the
+/// first Mamba layer, the
 /// SSD's chunk table and scratch, which every layer reuses.
 pub struct CudaBatch<T: ModelDtype> {
     pub(crate) seq: SeqBatch,
     pub(crate) ids: CudaSlice<i32>,
-    pub(crate) cu_seqlens: CudaSlice<i32>,
-    pub(crate) slots: CudaSlice<i32>,
-    /// `slots` on the host, as int32.
+    /// The slots on the host, as int32.
     slots_host: Vec<i32>,
     pub(crate) attn: AttnBatch,
     pub(crate) cache_slots: usize,
@@ -505,11 +504,6 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
             .iter()
             .map(|&i| int32(i as usize, "token id"))
             .collect::<Result<_>>()?;
-        let cu: Vec<i32> = batch
-            .cu_seqlens()
-            .iter()
-            .map(|&c| int32(c, "token count"))
-            .collect::<Result<_>>()?;
         let slots: Vec<i32> = batch
             .slots
             .iter()
@@ -525,8 +519,6 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         Ok(CudaBatch {
             seq: batch.clone(),
             ids: self.g().upload(&ids)?,
-            cu_seqlens: self.g().upload(&cu)?,
-            slots: self.g().upload(&slots)?,
             slots_host: slots,
             attn,
             cache_slots,
@@ -848,7 +840,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 &weight.buf,
                 bias.map(|b| &b.buf),
                 st,
-                Some(&batch.slots),
+                Some(batch.attn.slot_idx()),
                 dst,
                 dims,
             )?;
@@ -858,8 +850,8 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 &weight.buf,
                 bias.map(|b| &b.buf),
                 Some(st),
-                Some(&batch.cu_seqlens),
-                Some(&batch.slots),
+                Some(batch.attn.cu_seqlens()),
+                Some(batch.attn.slot_idx()),
                 dst,
                 dims,
             )?;
@@ -909,7 +901,7 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
                 d: Some(&params.d.buf),
                 z: None,
                 dt_limit: shape.dt_limit,
-                slot_idx: Some(&batch.slots),
+                slot_idx: Some(batch.attn.slot_idx()),
             };
             let dims = SsmUpdateCudaDims {
                 batch: batch.seq.num_seqs(),
