@@ -458,26 +458,6 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
     on_device!(dev, bench_on(Config::preset(preset), &a))
 }
 
-/// Peak device memory so far, when the backend can tell (the GPU).
-fn peak_memory<B: Backend + 'static>(be: &B) -> Option<u64> {
-    #[cfg(feature = "cuda")]
-    {
-        use std::any::Any;
-        let any = be as &dyn Any;
-        if let Some(b) = any.downcast_ref::<falcon_h1_kernels::model::CudaBackend<half::bf16>>() {
-            return b.gpu().peak_memory().ok();
-        }
-        if let Some(b) = any.downcast_ref::<falcon_h1_kernels::model::CudaBackend<half::f16>>() {
-            return b.gpu().peak_memory().ok();
-        }
-        if let Some(b) = any.downcast_ref::<falcon_h1_kernels::model::CudaBackend<f32>>() {
-            return b.gpu().peak_memory().ok();
-        }
-    }
-    let _ = be;
-    None
-}
-
 fn bench_on<B: Backend + 'static>(be: B, cfg: Config, a: &BenchArgs) -> Result<bool> {
     let name = be.name();
     let t0 = Instant::now();
@@ -577,7 +557,7 @@ fn bench_on<B: Backend + 'static>(be: B, cfg: Config, a: &BenchArgs) -> Result<b
             ms,
         );
     }
-    if let Some(peak) = peak_memory(m.backend()) {
+    if let Some(peak) = m.backend().peak_memory() {
         println!(
             "peak device memory: {:.2} GiB",
             peak as f64 / (1u64 << 30) as f64

@@ -208,6 +208,12 @@ pub trait Backend {
         shape: SsdShape,
     ) -> Result<Self::Tensor>;
 
+    /// The most device memory in use at once so far, in bytes, where the backend can tell (the
+    /// GPU); `None` otherwise.
+    fn peak_memory(&self) -> Option<u64> {
+        None
+    }
+
     /// Copies a tensor to the host as f32 `[rows, cols]`.
     fn to_host(&self, x: &Self::Tensor) -> Result<HostTensor>;
 }

@@ -962,6 +962,10 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         Ok(y)
     }
 
+    fn peak_memory(&self) -> Option<u64> {
+        self.gpu.peak_memory().ok()
+    }
+
     fn to_host(&self, x: &CudaTensor<T>) -> Result<HostTensor> {
         let x = self.densify(x, "copy to host")?;
         let data = self.g().download(x.dense().expect("densified"))?;
