@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check and timing of the project in one run, on the device machine, after
 # `bash scripts/gpu-bundle.sh` here (carry ".gpu-bundle"):
-#   bash scripts/gpu-check.sh            # tests + kernel benches + whole-model figures
+#   bash scripts/gpu-check.sh            # tests, parity, kernel benches, whole-model figures
 #   QUICK=1 bash scripts/gpu-check.sh    # tests only
-#   FIGURES=1 bash scripts/gpu-check.sh  # benches, GPU parity and model figures, no tests
-# (two device calls, QUICK then FIGURES, keep each under the 10-minute limit of one call)
-# Output goes to $OUT/gpu-check.log (and the bundle's own $OUT/gpu-run.log).
+#   FIGURES=1 bash scripts/gpu-check.sh  # parity, kernel benches and model figures, no tests
+# Each step has its own time limit (so one hang costs only its step) and prints its wall time.
+# Output goes to $OUT/gpu-check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_MANIFEST_DIR="$PWD"
@@ -17,30 +17,33 @@ export LD_LIBRARY_PATH
 log=${OUT:-/tmp}/gpu-check.log
 cli=.gpu-bundle/falcon-h1
 status=0
-run() { echo "== $*"; timeout "${T:-300}" "$@" || { echo "!! exit $? from: $*"; status=1; }; }
+run() {
+  echo "== $*"
+  local t0=$SECONDS
+  timeout "${T:-90}" "$@" || { echo "!! exit $? from: $*"; status=1; }
+  echo "-- $((SECONDS - t0)) s"
+}
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  if [ "${QUICK:-0}" = 1 ]; then
-    bash .gpu-bundle/run.sh || status=1
-  else
-    if [ "${FIGURES:-0}" = 1 ]; then
-      for b in .gpu-bundle/benches/*; do run "$b" --bench; done
-    else
-      BENCH=1 bash .gpu-bundle/run.sh || status=1
-    fi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+  if [ "${FIGURES:-0}" != 1 ]; then
+    for t in .gpu-bundle/tests/gpu-*; do T=240 run "$t" ${FILTER:+"$FILTER"}; done
+    for t in .gpu-bundle/tests/falcon_h1_kernels-*; do T=60 run "$t" cuda::; done
+  fi
+  if [ "${QUICK:-0}" != 1 ]; then
     for m in tests/data/*/; do
       [ -f "$m/reference.safetensors" ] || continue
-      run $cli parity --model "$m" --dtype bf16
-      run $cli parity --model "$m" --dtype f32
+      T=40 run $cli parity --model "$m" --dtype bf16
+      T=40 run $cli parity --model "$m" --dtype f32
     done
+    for b in .gpu-bundle/benches/*; do T=150 run "$b" --bench; done
     run $cli bench --preset 0.5b --prompt-len 8192 --decode-tokens 64
     run $cli bench --preset 7b --prompt-len 8192 --decode-tokens 64 --chunk 0
     FH1_ATTN_SM90=1 run $cli bench --preset 7b --prompt-len 8192 --decode-tokens 0 --chunk 0
     run $cli bench --preset 7b --prompt-len 8192 --decode-tokens 16 --chunk 0 --one-stream
     run $cli bench --preset 7b --prompt-len 512 --decode-tokens 32 --batch 32
-    T=600 run $cli bench --preset 7b --prompt-len 131072 --decode-tokens 8
-    T=600 run $cli bench --preset 7b --prompt-len 262144 --decode-tokens 8
+    T=150 run $cli bench --preset 7b --prompt-len 131072 --decode-tokens 8
+    T=200 run $cli bench --preset 7b --prompt-len 262144 --decode-tokens 8
   fi
   echo "gpu-check exit status: $status"
 } 2>&1 | tee "$log"
