@@ -59,7 +59,18 @@ typedef struct AttnParams {
     int64_t num_splits;         // decode: KV splits per (sequence, kv head) (>= 1)
     float scale;                // softmax scale, 1 / sqrt(hd)
     float scale_log2;           // scale * log2(e), for exp2-based softmax
+    uint32_t* decode_counters;  // fused decode only: [batch, Hkv * head chunks] arrival tickets, zero
+                                // between launches (the last block of each group resets its own)
 } AttnParams;
+
+// Fused split-KV decode (attention_decode.cu, attn_decode_fused_<T>_hd<HD>_g<GQ>): each warp owns a
+// ring of ATTN_DEC_STAGES stages of ATTN_DEC_STAGE_BYTES (K and V of 8 keys per lane group, 16 bytes
+// per lane per row), so the launch takes ATTN_DEC_STAGES * ATTN_DEC_STAGE_BYTES bytes of dynamic
+// shared memory per warp, 2 to ATTN_DEC_MAX_WARPS warps per block (the launcher picks the most the
+// device's opt-in shared memory allows).
+#define ATTN_DEC_STAGE_BYTES 8192
+#define ATTN_DEC_STAGES 3
+#define ATTN_DEC_MAX_WARPS 8
 
 typedef struct KvAppendParams {
     void* q;                    // [tokens, Hq, hd], row stride q_row_stride: RoPE applied in place

@@ -1,7 +1,8 @@
 //! Times the attention kernels at Falcon-H1 shapes next to the anchors of PERF.md (H200, bf16):
 //! causal prefill (`Gpu::attention_prefill_into`, and on compute capability 9.0 also the Hopper
-//! kernels of `Gpu::attention_prefill_sm90_into`, named `attn_prefill_sm90_bf16`), split-KV decode (`Gpu::attention_decode_into`,
-//! both launches) and the RoPE + KV append (`Gpu::kv_append`). Plain `fn main()` bench
+//! kernels of `Gpu::attention_prefill_sm90_into`, named `attn_prefill_sm90_bf16`), split-KV decode
+//! (`Gpu::attention_decode_into`: the fused kernel, or both launches of the two-pass path when
+//! `FH1_ATTN_DECODE=two_pass`) and the RoPE + KV append (`Gpu::kv_append`). Plain `fn main()` bench
 //! (harness = false): `cargo bench --features cuda --bench gpu -- cuda_attention`.
 //!
 //! Each figure is the median of 15 samples after warm-up; a sample times REPS back-to-back calls
@@ -179,10 +180,21 @@ pub fn run() {
         bench_line("attn_prefill_sm90_bf16", &shape, ms, None, Some(tf));
     }
 
-    // Decode: (model, batch, cached tokens, Hq, Hkv, hd, anchor SDPA ms)
+    // Decode: (model, batch, cached tokens, Hq, Hkv, hd, anchor SDPA ms if measured)
     let decode = [
-        ("7B", 1usize, 32768usize, 12usize, 2usize, 128usize, 0.068),
-        ("7B", 32, 8192, 12, 2, 128, 0.100),
+        (
+            "7B",
+            1usize,
+            32768usize,
+            12usize,
+            2usize,
+            128usize,
+            Some(0.068),
+        ),
+        ("7B", 32, 8192, 12, 2, 128, Some(0.100)),
+        ("7B", 1, 131_072, 12, 2, 128, None),
+        // GQA 6 at head dim 64 (the decode kernels' g6 hd64 instance).
+        ("GQA6-d64", 1, 32768, 12, 2, 64, None),
     ];
     for (model, b, cached, hq, hkv, hd, anchor) in decode {
         let shape = format!("{model} b{b} {cached} cached Hq{hq} Hkv{hkv} d{hd}");
@@ -224,11 +236,15 @@ pub fn run() {
         };
         let bytes = (2 * b * cap * hkv * hd * 2) as f64;
         let gbps = bytes / ms / 1e6;
+        let anchor = anchor.map_or("no anchor".to_string(), |a| {
+            format!("anchor SDPA flash {a} ms ({:.0} GB/s)", bytes / a / 1e6)
+        });
+        let path = std::env::var(falcon_h1_kernels::cuda::attention::ATTN_DECODE_ENV)
+            .unwrap_or_else(|_| "fused".to_string());
         println!(
-            "attn_decode_bf16 {shape} ({splits} splits): {ms:.4} ms, {gbps:.0} GB/s of KV \
-             ({:.0}% of {COPY_TBPS} TB/s); anchor SDPA flash {anchor} ms ({:.0} GB/s); target 3300 GB/s",
+            "attn_decode_bf16 {shape} ({splits} splits, {path}): {ms:.4} ms, {gbps:.0} GB/s of KV \
+             ({:.0}% of {COPY_TBPS} TB/s); {anchor}; target 3300 GB/s",
             gbps / 10.0 / COPY_TBPS,
-            bytes / anchor / 1e6
         );
         bench_line("attn_decode_bf16", &shape, ms, Some(gbps), None);
     }

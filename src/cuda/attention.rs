@@ -35,9 +35,9 @@
 
 use super::conv1d::{elem_ptr, Strided};
 use super::params::{
-    AttnParams, KvAppendParams, ATTN_FWD_BLOCK_M, ATTN_FWD_SM90_BLOCK_M, ATTN_FWD_SM90_SMEM_HD128,
-    ATTN_FWD_SM90_SMEM_HD64, ATTN_FWD_SM90_THREADS, ATTN_FWD_SMEM_HD128, ATTN_FWD_SMEM_HD64,
-    ATTN_FWD_THREADS,
+    AttnParams, KvAppendParams, ATTN_DEC_MAX_WARPS, ATTN_DEC_STAGES, ATTN_DEC_STAGE_BYTES,
+    ATTN_FWD_BLOCK_M, ATTN_FWD_SM90_BLOCK_M, ATTN_FWD_SM90_SMEM_HD128, ATTN_FWD_SM90_SMEM_HD64,
+    ATTN_FWD_SM90_THREADS, ATTN_FWD_SMEM_HD128, ATTN_FWD_SMEM_HD64, ATTN_FWD_THREADS,
 };
 use super::{cuda_err, Gpu, GpuDtype};
 use crate::error::{Error, Result};
@@ -84,20 +84,47 @@ fn decode_gq(rep: usize) -> usize {
     }
 }
 
-/// Fewest keys per split worth a block of the decode kernel (its 4 warps take 8 to 32 keys per
-/// step, so a split is at least 8 steps).
+/// Fewest keys per split worth a block of the decode kernels (kernels/attention_decode.cu's
+/// DEC_MIN_CHUNK: on the device a split is never shorter than this either).
 const DECODE_MIN_KEYS_PER_SPLIT: usize = 256;
-/// Most splits per (sequence, kv head) (the combine kernel's shared memory holds 1024 weights).
+/// Most splits per (sequence, kv head) (the two-pass combine kernel's shared memory holds 1024
+/// weights, the fused kernel's combine 8 x 1024).
 const DECODE_MAX_SPLITS: usize = 1024;
 
-/// The split-KV rule: enough splits that `batch * kv_blocks * splits` is about 8 blocks per SM
-/// (several waves at the decode kernel's 2 to 3 resident blocks per SM, so the tail is short),
-/// but no split shorter than [`DECODE_MIN_KEYS_PER_SPLIT`] keys of `max_kv` (else the partial
-/// outputs and the per-block merge cost more than they balance).
+/// Environment variable that selects the decode path: `two_pass` runs the previous kernels
+/// (`attn_decode_<T>_hd<hd>_g<gq>` + `attn_decode_combine_<T>`, two launches) for bisecting;
+/// anything else, or unset, the fused kernel `attn_decode_fused_<T>_hd<hd>_g<gq>`.
+pub const ATTN_DECODE_ENV: &str = "FH1_ATTN_DECODE";
+
+/// The split-KV rule, for the fused decode kernel's one resident block per SM (up to 8 warps and
+/// ~192 KB of shared memory each): with `units = batch * kv_blocks` groups of `splits` blocks,
+/// pick the fewest splits that reach the best wave efficiency `units * splits / (waves * SMs)`,
+/// trying 1 to `2 * ceil(SMs / units)` splits, and no split shorter than
+/// [`DECODE_MIN_KEYS_PER_SPLIT`] keys of `max_kv`. Fewest, because every split adds a partial
+/// that the last block of its group reads back in the combine (6 heads x 512 B per split at the
+/// 7B shape). 7B b1 32768 cached (2 units): 66 splits = 132 blocks, one per SM; b32 8192 (64
+/// units): 2 splits = 128 blocks.
 pub fn decode_num_splits(batch: usize, kv_blocks: usize, max_kv: usize, sm_count: usize) -> usize {
-    let want = (8 * sm_count.max(1)).div_ceil((batch * kv_blocks).max(1));
-    let cap = max_kv.div_ceil(DECODE_MIN_KEYS_PER_SPLIT).max(1);
-    want.min(cap).clamp(1, DECODE_MAX_SPLITS)
+    let units = batch.saturating_mul(kv_blocks).max(1);
+    let sm = sm_count.max(1);
+    let cap = max_kv
+        .div_ceil(DECODE_MIN_KEYS_PER_SPLIT)
+        .clamp(1, DECODE_MAX_SPLITS);
+    let hi = (2 * sm.div_ceil(units)).min(cap).max(1);
+    // Efficiency of s splits as the fraction blocks / (waves * sm), compared exactly.
+    let eff = |s: usize| {
+        let blocks = units.saturating_mul(s);
+        (blocks, blocks.div_ceil(sm).saturating_mul(sm))
+    };
+    let (mut best, mut best_eff) = (1, eff(1));
+    for s in 2..=hi {
+        let e = eff(s);
+        if (e.0 as u128) * (best_eff.1 as u128) > (best_eff.0 as u128) * (e.1 as u128) {
+            best = s;
+            best_eff = e;
+        }
+    }
+    best
 }
 
 /// One layer's KV cache on the device: `keys` and `values`, each `[slots, capacity, Hkv, hd]`
@@ -209,12 +236,17 @@ impl AttnBatch {
 }
 
 /// Scratch for split-KV decode: `partial_out [batch, Hq, splits, hd]` and
-/// `partial_lse [batch, Hq, splits]` f32, sized for (batch, Hq, hd, max splits). Reused across
-/// steps (and by a captured graph: the split count a launch uses depends only on this scratch and
-/// the cache's Hkv, never on the current lengths).
+/// `partial_lse [batch, Hq, splits]` f32, sized for (batch, Hq, hd, max splits), plus the fused
+/// kernel's arrival counters `[batch, Hq]` u32 (one per (sequence, kv head chunk); zeroed once
+/// here, and every launch leaves them zero again). Reused across steps (and by a captured graph:
+/// the split count a launch uses depends only on this scratch and the cache's Hkv, never on the
+/// current lengths). Launches sharing a scratch must be ordered (one stream).
 pub struct DecodeScratch {
     partial_out: CudaSlice<f32>,
     partial_lse: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
+    /// Warps per block of the fused kernel (from the device's opt-in shared memory).
+    warps: usize,
     batch: usize,
     n_heads: usize,
     head_dim: usize,
@@ -708,9 +740,38 @@ impl Gpu {
                 )
             })
         };
+        // The fused kernel's counters: one per (sequence, kv block); kv blocks <= Hq.
+        let counters = self
+            .stream
+            .alloc_zeros::<u32>(batch * n_heads)
+            .map_err(|e| {
+                cuda_err(
+                    &format!("{OP}: allocating counters [batch={batch}, Hq={n_heads}] u32"),
+                    e,
+                )
+            })?;
+        // As many warps (each with its own 24 KB cp.async ring) as one block's opt-in shared
+        // memory holds, at most ATTN_DEC_MAX_WARPS (8 on sm_80 / sm_90 with 163 / 227 KB; 4 on
+        // sm_86 / sm_89 with 99 KB); 1 KB is left for the kernel's static shared memory.
+        let optin = self
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| cuda_err("querying the opt-in shared memory per block", e))?
+            .max(0) as usize;
+        let warps = (optin.saturating_sub(1024) / Self::decode_warp_smem())
+            .min(ATTN_DEC_MAX_WARPS as usize);
+        if warps < 2 {
+            return Err(Error::invalid(format!(
+                "{OP}: the device allows {optin} bytes of shared memory per block; the decode \
+                 kernel needs at least {} (two warps)",
+                2 * Self::decode_warp_smem() + 1024
+            )));
+        }
         Ok(DecodeScratch {
             partial_out: alloc(n * head_dim, "partial_out")?,
             partial_lse: alloc(n, "partial_lse")?,
+            counters,
+            warps,
             batch,
             n_heads,
             head_dim,
@@ -718,6 +779,11 @@ impl Gpu {
             max_splits,
             sm_count,
         })
+    }
+
+    /// Dynamic shared memory per warp of the fused decode kernel (its cp.async ring).
+    fn decode_warp_smem() -> usize {
+        (ATTN_DEC_STAGES * ATTN_DEC_STAGE_BYTES) as usize
     }
 
     /// The AttnParams every attention launch shares.
@@ -760,6 +826,7 @@ impl Gpu {
             num_splits: 1,
             scale,
             scale_log2: scale * std::f32::consts::LOG2_E,
+            decode_counters: std::ptr::null_mut(),
         }
     }
 
@@ -1005,15 +1072,21 @@ impl Gpu {
     /// (roped), `out [batch, Hq * hd]` dense; sequence `b` attends to cache rows
     /// `0 ..= starts[b]` of slot `slots[b]`.
     ///
-    /// Two launches: `attn_decode_<T>_hd<hd>_g<gq>` (grid `(splits, Hkv * ceil(rep / gq),
-    /// batch)`, 128 threads; each block reads one split of one kv head's K and V once for `gq` of
-    /// the `rep = Hq / Hkv` query heads sharing it) writes per-split partial outputs and
-    /// log-sum-exps into `scratch`; `attn_decode_combine_<T>` (grid `(Hq, batch)`, 256 threads)
-    /// merges them.
+    /// One launch by default: `attn_decode_fused_<T>_hd<hd>_g<gq>` (grid `(splits, Hkv *
+    /// ceil(rep / gq), batch)`, `32 * warps` threads with the scratch's warp count, `warps * 24
+    /// KB` of dynamic shared memory; each block streams one split of one kv head's K and V
+    /// through per-warp cp.async rings once for `gq` of the `rep = Hq / Hkv` query heads sharing
+    /// it). A sequence with one non-empty split writes `out` directly; otherwise each split
+    /// writes its partial output and log-sum-exp into `scratch` and takes a ticket, and the last
+    /// split of each (sequence, kv block) merges them into `out` and resets its counter.
+    /// With [`ATTN_DECODE_ENV`]` = two_pass`: the previous two launches,
+    /// `attn_decode_<T>_hd<hd>_g<gq>` (128 threads) then `attn_decode_combine_<T>` (grid `(Hq,
+    /// batch)`, 256 threads).
     /// The split count is [`DecodeScratch::num_splits`]; on the device a sequence of `L` keys
     /// uses splits of `max(ceil(L / splits), 256)` keys (so a sequence far shorter than the
-    /// scratch's `max_kv` uses only its first splits; the rest write an empty partial). f32 at head dims other than 64 and 128
-    /// runs the scalar `attn_fwd_f32` kernel instead (scratch unused).
+    /// scratch's `max_kv` uses only its first splits; the fused kernel's other splits exit at
+    /// once, the two-pass kernel's write an empty partial). f32 at head dims other than 64 and
+    /// 128 runs the scalar `attn_fwd_f32` kernel instead (scratch unused).
     pub fn attention_decode_into<T: AttnDtype>(
         &self,
         q: &CudaSlice<T>,
@@ -1069,8 +1142,37 @@ impl Gpu {
             &[partial[0], partial[1], partial[2], ("hd", hd)],
         )?;
         self.check_buf(OP, "scratch partial_lse", &scratch.partial_lse, &partial)?;
-        let f = self.function(&format!("attn_decode_{}_hd{hd}_g{gq}", T::SUFFIX))?;
-        let fc = self.function(&format!("attn_decode_combine_{}", T::SUFFIX))?;
+        self.check_buf(
+            OP,
+            "scratch counters",
+            &scratch.counters,
+            &[("batch", nb), ("Hq", n_heads)],
+        )?;
+        // kv_blocks = Hkv * ceil(rep / gq) <= Hq: the counters [batch, Hq] cover [batch, kv_blocks].
+        debug_assert!(kv_blocks <= n_heads);
+        let two_pass = std::env::var(ATTN_DECODE_ENV).is_ok_and(|v| v == "two_pass");
+        let warps = scratch.warps;
+        let smem = warps * Self::decode_warp_smem();
+        let (f, fc) = if two_pass {
+            (
+                self.function(&format!("attn_decode_{}_hd{hd}_g{gq}", T::SUFFIX))?,
+                Some(self.function(&format!("attn_decode_combine_{}", T::SUFFIX))?),
+            )
+        } else {
+            let name = format!("attn_decode_fused_{}_hd{hd}_g{gq}", T::SUFFIX);
+            let f = self.function(&name)?;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(|e| {
+                cuda_err(
+                    &format!("{OP}: raising {name}'s dynamic shared memory to {smem} bytes"),
+                    e,
+                )
+            })?;
+            (f, None)
+        };
 
         let s = &self.stream;
         let (qp, _gq) = q.device_ptr(s);
@@ -1082,6 +1184,7 @@ impl Gpu {
         let (slp, _gsl) = batch.slot_idx.device_ptr(s);
         let (pop, _gpo) = scratch.partial_out.device_ptr_mut(s);
         let (plp, _gpl) = scratch.partial_lse.device_ptr_mut(s);
+        let (ctp, _gct) = scratch.counters.device_ptr_mut(s);
         let mut p = Self::attn_params(
             qp,
             kcp,
@@ -1100,6 +1203,26 @@ impl Gpu {
         p.partial_out = pop as usize as *mut f32;
         p.partial_lse = plp as usize as *mut f32;
         p.num_splits = splits as i64;
+        p.decode_counters = ctp as usize as *mut u32;
+        let Some(fc) = fc else {
+            let cfg = LaunchConfig {
+                grid_dim: (splits as u32, kv_blocks as u32, nb as u32),
+                block_dim: (32 * warps as u32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            let mut b = s.launch_builder(&f);
+            b.arg(&p);
+            // SAFETY: block (split, kv block, b) reads q row cu_seqlens[b] = b (16-byte loads:
+            // rows are Hq * hd with hd 64 or 128, cudarc buffers are 256-byte aligned), cache rows
+            // (slots[b], 0 ..= starts[b]) of one kv head (validated against this cache; cp.async
+            // of rows past the split reads nothing), writes partial_out / partial_lse entries
+            // (b, h, split) with split < splits <= the scratch's max_splits (checked), counter
+            // b * kv_blocks + kv block < batch * Hq (checked), and out row b (exactly [batch, Hq
+            // * hd], checked). The dynamic shared memory was raised to `smem` above; the scratch
+            // and out are `&mut` borrows; guards are held until the launch is enqueued.
+            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("launching attn_decode_fused", e))?;
+            return Ok(());
+        };
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, kv_blocks as u32, nb as u32),
             block_dim: (128, 1, 1),
@@ -1134,14 +1257,26 @@ mod tests {
 
     #[test]
     fn split_rule() {
-        // 7B b1 32768 cached: 128 splits of 256 keys (256 blocks).
-        assert_eq!(decode_num_splits(1, 2, 32768, 132), 128);
-        // 7B b32 8192 cached: 17 splits (1088 blocks).
-        assert_eq!(decode_num_splits(32, 2, 8192, 132), 17);
-        // Short sequences: one split.
+        // 7B b1 32768 (and 131072) cached: 66 splits x 2 kv heads = 132 blocks, one per SM.
+        assert_eq!(decode_num_splits(1, 2, 32768, 132), 66);
+        assert_eq!(decode_num_splits(1, 2, 131_072, 132), 66);
+        // 7B b32 8192 cached: 2 splits (128 blocks), not 3 (192 blocks = 1.45 waves).
+        assert_eq!(decode_num_splits(32, 2, 8192, 132), 2);
+        // 0.5B-like GQA: b1, Hkv 2 with Hq 8.
+        assert_eq!(decode_num_splits(1, 1, 32768, 132), 128);
+        // Short sequences: one split, or as many as 256-key splits allow.
         assert_eq!(decode_num_splits(1, 2, 10, 132), 1);
-        assert_eq!(decode_num_splits(64, 8, 100_000, 132), 3);
+        assert_eq!(decode_num_splits(1, 2, 1000, 132), 4);
+        // A full wave already: one split.
+        assert_eq!(decode_num_splits(64, 8, 100_000, 132), 1);
         assert!(decode_num_splits(1, 1, usize::MAX / 2, 132) <= DECODE_MAX_SPLITS);
+        assert!(decode_num_splits(usize::MAX / 2, 8, usize::MAX / 2, 132) >= 1);
+        // Every choice fills its waves at least as well as one split.
+        for units in 1..300 {
+            let s = decode_num_splits(units, 1, 1 << 20, 132);
+            let eff = |s: usize| (units * s) as f64 / ((units * s).div_ceil(132) * 132) as f64;
+            assert!(eff(s) >= eff(1), "units {units}: {s} splits");
+        }
     }
 
     #[test]

@@ -607,6 +607,120 @@ fn decode_after_prefill_f16() {
     decode_case::<half::f16>(&g, H1, &[4097, 10], 2, 6003);
 }
 
+/// The fused decode kernel (the default path of `Gpu::attention_decode_into`) at awkward cache
+/// lengths: every slot is filled with random keys, then two decode launches in a row on the same
+/// scratch and batch (its device arrays rewritten in place, as a CUDA graph replay would) with
+/// sequences of `first` and then `second` keys (the new token included). Each output is poisoned
+/// first and checked against the references, so a counter left non-zero by the first launch
+/// (the second would then combine too early or never) fails the second check.
+fn decode_lengths_case<T: AttnDtype>(
+    g: &Gpu,
+    h: Heads,
+    first: &[usize],
+    second: &[usize],
+    seed: u64,
+) {
+    assert_eq!(first.len(), second.len());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let nb = first.len();
+    let n_slots = nb + 1;
+    let slots: Vec<usize> = (0..nb).map(|b| (b + 2) % n_slots).collect();
+    let fill = first.iter().chain(second).copied().max().unwrap();
+    let cap = fill + 1;
+    let (qrow, kvrow) = (h.hq * h.hd, h.hkv * h.hd);
+    let mut cache = g.kv_cache::<T>(n_slots, cap, h.hkv, h.hd).unwrap();
+    let inv = g.rope_inv_freq(h.hd, THETA).unwrap();
+    let fills = vec![fill; nb];
+    let tokens = nb * fill;
+    let q = draw::<T>(&mut rng, tokens * qrow, 2.0);
+    let k = draw::<T>(&mut rng, tokens * kvrow, 2.0);
+    let v = draw::<T>(&mut rng, tokens * kvrow, 1.0);
+    let pb = g
+        .attn_batch(&slots, &fills, &vec![0; nb], n_slots, cap)
+        .unwrap();
+    gpu_step(g, &mut cache, &inv, h, &q, &k, &v, &pb, Attn::AppendOnly);
+
+    let ones = vec![1; nb];
+    let mut scratch = g.decode_scratch(nb, h.hq, h.hd, cap).unwrap();
+    let starts0: Vec<usize> = first.iter().map(|&l| l - 1).collect();
+    let mut db = g.attn_batch(&slots, &ones, &starts0, n_slots, cap).unwrap();
+    for (launch, lens) in [first, second].into_iter().enumerate() {
+        let starts: Vec<usize> = lens.iter().map(|&l| l - 1).collect();
+        g.attn_batch_update(&mut db, &slots, &starts, n_slots, cap)
+            .unwrap();
+        let q = draw::<T>(&mut rng, nb * qrow, 2.0);
+        let k = draw::<T>(&mut rng, nb * kvrow, 2.0);
+        let v = draw::<T>(&mut rng, nb * kvrow, 1.0);
+        let (got, qr) = gpu_step(
+            g,
+            &mut cache,
+            &inv,
+            h,
+            &q,
+            &k,
+            &v,
+            &db,
+            Attn::Decode(&mut scratch),
+        );
+        let (want, emu) = references(g, &cache, h, &qr, &slots, &ones, &starts);
+        let what = format!(
+            "fused decode {} launch {launch} keys {lens:?} {h:?} ({} splits)",
+            T::SUFFIX,
+            scratch.num_splits(h.hkv)
+        );
+        check_attn::<T>(&what, &got, &want, T::HALF.then_some(&emu[..]), qrow);
+    }
+}
+
+/// Cache lengths 1, 2, 255, 257, 4097 and 33000 in batches of 3 different lengths, GQA ratios 1,
+/// 4 and 6, head dims 64 and 128, two launches in a row per case (see `decode_lengths_case`).
+fn decode_lengths_sweep<T: AttnDtype>(seed0: u64) {
+    let g = gpu();
+    let heads = [
+        Heads {
+            hq: 2,
+            hkv: 2,
+            hd: 64,
+        },
+        Heads {
+            hq: 8,
+            hkv: 2,
+            hd: 128,
+        },
+        Heads {
+            hq: 12,
+            hkv: 2,
+            hd: 128,
+        },
+        Heads {
+            hq: 6,
+            hkv: 1,
+            hd: 64,
+        },
+    ];
+    let pairs: [([usize; 3], [usize; 3]); 2] = [
+        ([1, 257, 33000], [4097, 2, 255]),
+        ([255, 4097, 2], [33000, 1, 257]),
+    ];
+    for (i, h) in heads.into_iter().enumerate() {
+        for (j, (a, b)) in pairs.iter().enumerate() {
+            decode_lengths_case::<T>(&g, h, a, b, seed0 + (10 * i + j) as u64);
+        }
+    }
+    // One sequence alone (the direct-write path at 1 key, the combine at 33000).
+    decode_lengths_case::<T>(&g, heads[2], &[33000], &[1], seed0 + 99);
+}
+
+#[test]
+fn decode_fused_lengths_bf16() {
+    decode_lengths_sweep::<half::bf16>(8001);
+}
+
+#[test]
+fn decode_fused_lengths_f16() {
+    decode_lengths_sweep::<half::f16>(8101);
+}
+
 /// f32: the scalar prefill and the f32 decode kernels within 1e-5 of the CPU, at the model head
 /// dims and at the small ones of the bundled test models (16, 32).
 #[test]
