@@ -83,7 +83,69 @@ __device__ __forceinline__ void dispatch(const ElementwiseParams& p) {
     }
 }
 
+// Greedy token choice on the device, so that a decode step copies back one int per sequence
+// instead of a [batch, vocab] row of logits (at batch 32 and a 130k vocab, 16 MB and a host
+// scan per step). Block r scans row r of x [rows, cols] (row stride x_row_stride) and writes
+// the column of its largest value to ((int32_t*)out)[r]: the first one on ties, like
+// torch.argmax; NaN never wins (a row of NaN gives 0). Each thread keeps its own best over a
+// strided sweep (coalesced loads), then warp shuffles and one shared-memory pass merge them.
+constexpr int ARGMAX_THREADS = 1024;
+
+__device__ __forceinline__ void better(float& v, int64_t& i, float ov, int64_t oi) {
+    // ov wins if larger, or equal and earlier; NaN compares false and never wins.
+    if (ov > v || (ov == v && oi < i)) {
+        v = ov;
+        i = oi;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void argmax_row(const ElementwiseParams& p) {
+    __shared__ float sv[ARGMAX_THREADS / 32];
+    __shared__ int64_t si[ARGMAX_THREADS / 32];
+    const int64_t r = blockIdx.x;
+    const T* x = static_cast<const T*>(p.x) + r * p.x_row_stride;
+    float v = -INFINITY;
+    int64_t i = INT64_MAX;
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) better(v, i, to_f32(x[c]), c);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int64_t oi = __shfl_xor_sync(0xffffffffu, i, o);
+        better(v, i, ov, oi);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        sv[warp] = v;
+        si[warp] = i;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int nw = blockDim.x >> 5;
+        v = lane < nw ? sv[lane] : -INFINITY;
+        i = lane < nw ? si[lane] : INT64_MAX;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+            const int64_t oi = __shfl_xor_sync(0xffffffffu, i, o);
+            better(v, i, ov, oi);
+        }
+        if (lane == 0) static_cast<int32_t*>(p.out)[r] = i == INT64_MAX ? 0 : static_cast<int32_t>(i);
+    }
+}
+
 }  // namespace fh1_elementwise
+
+// Launch: grid (rows), block ARGMAX_THREADS; reads x, x_row_stride, rows, cols; out is int32 [rows].
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows_f32(ElementwiseParams p) {
+    fh1_elementwise::argmax_row<float>(p);
+}
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows_bf16(ElementwiseParams p) {
+    fh1_elementwise::argmax_row<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows_f16(ElementwiseParams p) {
+    fh1_elementwise::argmax_row<__half>(p);
+}
 
 // Launch: 1D grid of 256-thread blocks, any size (grid-stride), no dynamic shared memory.
 #define FH1_ELEMENTWISE_KERNELS(NAME, OP)                                                                   \

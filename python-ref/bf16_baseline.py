@@ -1,7 +1,7 @@
 """What HF transformers' own bf16 forward gets against our f32 goldens: the bar a bf16 implementation
 can be held to on these tiny models (their small widths leave bf16 rounding little to average over).
 
-    python python-ref/bf16_baseline.py [--data tests/data] [--device cuda]
+    python python-ref/bf16_baseline.py [--data tests/data] [--device cuda] [--write]
 
 For each model folder: the model in bfloat16 (weights rounded once, as ours are), eager attention, the
 prompt forward (use_cache=False), and, teacher-forced, the prompt followed by the golden decode tokens
@@ -11,9 +11,11 @@ golden's top-2 logit margin there (a margin below the bf16 error is a near tie t
 """
 
 import argparse
+import json
 import os
 
 import torch
+import transformers
 from safetensors.torch import load_file
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
@@ -65,17 +67,32 @@ def baseline(d, device):
     for h in hooks:
         h.remove()
     print(f"worst {worst:.3e}")
+    return worst
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="tests/data")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--write", action="store_true", help="write <folder>/hf_bf16.json")
     a = ap.parse_args()
     for name in sorted(os.listdir(a.data)):
         d = os.path.join(a.data, name)
         if os.path.exists(os.path.join(d, "reference.safetensors")):
-            baseline(d, a.device)
+            worst = baseline(d, a.device)
+            if a.write:
+                dev = torch.cuda.get_device_name() if a.device == "cuda" else "CPU"
+                info = {
+                    "worst_rel_err": float(f"{worst:.4g}"),
+                    "what": "largest relative L2 error against reference.safetensors of HF transformers' own "
+                            "bf16 forward (layers, prompt logits, teacher-forced decode logits)",
+                    "measured": f"{dev}, torch {torch.__version__}, transformers {transformers.__version__}, "
+                                "eager attention",
+                    "script": "python-ref/bf16_baseline.py --write",
+                }
+                with open(os.path.join(d, "hf_bf16.json"), "w") as f:
+                    json.dump(info, f, indent=2)
+                    f.write("\n")
 
 
 if __name__ == "__main__":

@@ -226,11 +226,13 @@ fn load_cpu(dir: &Path) -> Result<HybridModel<CpuBackend>> {
 }
 
 /// The tolerance of a parity run: given, or by dtype (the bars).
-fn default_tol(be_name: &str) -> f64 {
+/// f32: 1e-4; bf16/f16: 2e-2, or HF's own bf16 error on this model where larger
+/// ([`falcon_h1_kernels::parity::bf16_tolerance`]).
+fn default_tol(be_name: &str, model: &Path) -> f64 {
     if be_name.starts_with("cpu") || be_name.contains("f32") {
         1e-4
     } else {
-        2e-2
+        falcon_h1_kernels::parity::bf16_tolerance(model)
     }
 }
 
@@ -401,7 +403,7 @@ fn parity_on<B: Backend>(
     tol: Option<f64>,
 ) -> Result<bool> {
     let name = be.name();
-    let tol = tol.unwrap_or_else(|| default_tol(&name));
+    let tol = tol.unwrap_or_else(|| default_tol(&name, model));
     let m = HybridModel::new(be, cfg.clone(), weights)?;
     let report = run_parity(&m, r)?;
     println!(
@@ -435,7 +437,7 @@ fn parity_on<B: Backend>(
     }
     let ok = report.passes(tol);
     println!(
-        "{}: worst relative error {:.3e} (tolerance {tol:.1e}), greedy tokens {}",
+        "{}: worst relative error {:.3e} (tolerance {tol:.2e}), greedy tokens {}",
         if ok { "PASS" } else { "FAIL" },
         report.worst(),
         if report.tokens_match() {
@@ -596,10 +598,9 @@ fn decode_steps<B: Backend + 'static>(
                     }
                     let t0 = Instant::now();
                     for _ in 1..steps {
-                        let l = mc.replay_decode(&mut g, next, cc)?;
-                        for (b, t) in next.iter_mut().enumerate() {
-                            *t = argmax(&l.data[b * v..(b + 1) * v]);
-                        }
+                        // The argmax runs in the graph: one int per sequence comes back.
+                        let ids = mc.replay_decode_greedy(&mut g, next, cc)?;
+                        next.copy_from_slice(&ids);
                     }
                     let n = steps.saturating_sub(1).max(1);
                     return Ok((t0.elapsed().as_secs_f64() * 1e3 / n as f64, "CUDA graph"));

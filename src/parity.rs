@@ -2,7 +2,7 @@
 //! per-layer hidden states, prompt logits, and a greedy continuation with its logits.
 
 use crate::error::{Error, Result};
-use crate::model::{generate, Backend, HybridModel, Sampling};
+use crate::model::{generate, Backend, HybridModel, Logits, Sampling};
 use crate::tensor::{max_abs_diff, rel_l2, HostTensor};
 use crate::weights::Checkpoint;
 use std::fmt::Write as _;
@@ -77,6 +77,21 @@ impl Reference {
     }
 }
 
+/// The bf16 tolerance this crate holds itself to: 2e-2 relative L2 per compared quantity.
+pub const BF16_TOLERANCE: f64 = 2e-2;
+
+/// The bf16 tolerance for the model in `model_dir`: [`BF16_TOLERANCE`], or HF transformers' own
+/// bf16 error on that model when it is larger (`hf_bf16.json`, written by
+/// python-ref/bf16_baseline.py: the tiny models' small widths leave bf16 rounding little to
+/// average over, and HF's bf16 forward is the implementation a user would otherwise run).
+pub fn bf16_tolerance(model_dir: &Path) -> f64 {
+    let hf = std::fs::read_to_string(model_dir.join("hf_bf16.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.get("worst_rel_err")?.as_f64());
+    hf.map_or(BF16_TOLERANCE, |e| e.max(BF16_TOLERANCE))
+}
+
 /// One compared quantity.
 #[derive(Debug, Clone)]
 pub struct ParityRow {
@@ -95,8 +110,31 @@ pub struct ParityReport {
     pub rows: Vec<ParityRow>,
     /// Golden greedy tokens, per prompt.
     pub expected_tokens: Vec<Vec<u32>>,
-    /// Our greedy tokens, per prompt.
+    /// Our greedy choice at each decode step, fed the golden tokens so far (teacher-forced, as
+    /// the `decode step s logits` rows are), per prompt.
     pub tokens: Vec<Vec<u32>>,
+    /// Our own greedy continuation (each step fed our previous choice), per prompt: equal to
+    /// the golden one unless a step was a near tie.
+    pub free_tokens: Vec<Vec<u32>>,
+    /// Steps where our choice differs from the golden one although the golden's top-2 logit
+    /// margin is smaller than twice our largest logit error at that step, so that rounding (of
+    /// bf16, say) may legitimately flip it. HF's own bf16 forward flips such steps too
+    /// (python-ref/bf16_baseline.py). They do not fail [`ParityReport::tokens_match`].
+    pub near_ties: Vec<NearTie>,
+}
+
+/// A decode step whose golden choice is within our error of its runner-up (see
+/// [`ParityReport::near_ties`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearTie {
+    /// Prompt index.
+    pub seq: usize,
+    /// Decode step.
+    pub step: usize,
+    /// Golden logit of the golden token minus that of the runner-up.
+    pub margin: f32,
+    /// Our largest absolute logit error at that step.
+    pub max_abs: f32,
 }
 
 impl ParityReport {
@@ -105,9 +143,16 @@ impl ParityReport {
         self.rows.iter().map(|r| r.rel_err).fold(0.0, f64::max)
     }
 
-    /// True when the greedy tokens are identical.
+    /// True when our greedy choice equals the golden one at every decode step (teacher-forced),
+    /// near ties aside.
     pub fn tokens_match(&self) -> bool {
-        self.tokens == self.expected_tokens
+        self.expected_tokens.iter().enumerate().all(|(b, want)| {
+            let got = self.tokens.get(b).map_or(&[][..], |t| t.as_slice());
+            got.len() == want.len()
+                && want.iter().zip(got).enumerate().all(|(s, (w, g))| {
+                    w == g || self.near_ties.iter().any(|t| t.seq == b && t.step == s)
+                })
+        })
     }
 
     /// True when every error is within `tol` and the tokens match.
@@ -136,9 +181,36 @@ impl ParityReport {
             );
         }
         for (i, (e, g)) in self.expected_tokens.iter().zip(&self.tokens).enumerate() {
-            let ok = if e == g { "same" } else { "DIFFER" };
+            let ties: Vec<usize> = self
+                .near_ties
+                .iter()
+                .filter(|t| t.seq == i)
+                .map(|t| t.step)
+                .collect();
+            let ok = if e == g {
+                "same".to_string()
+            } else if e
+                .iter()
+                .zip(g)
+                .enumerate()
+                .all(|(s, (a, b))| a == b || ties.contains(&s))
+            {
+                format!("differ only at near ties, steps {ties:?}")
+            } else {
+                "DIFFER".to_string()
+            };
             let _ = writeln!(s, "decode seq {i}: golden {e:?}");
-            let _ = writeln!(s, "decode seq {i}: ours   {g:?} ({ok})");
+            let _ = writeln!(s, "decode seq {i}: ours   {g:?} ({ok}; teacher-forced)");
+            if let Some(f) = self.free_tokens.get(i).filter(|f| *f != e) {
+                let _ = writeln!(s, "decode seq {i}: ours   {f:?} (free-running)");
+            }
+        }
+        for t in &self.near_ties {
+            let _ = writeln!(
+                s,
+                "near tie: seq {} step {}: golden top-2 margin {:.3e} < 2 x our max abs error {:.3e}",
+                t.seq, t.step, t.margin, t.max_abs
+            );
         }
         s
     }
@@ -180,30 +252,107 @@ pub fn run_parity<B: Backend>(model: &HybridModel<B>, r: &Reference) -> Result<P
     rows.push(row("prompt logits".into(), &logits.data, &r.logits.data));
 
     let steps = r.decode_ids.first().map_or(0, |d| d.len());
-    let mut tokens = vec![Vec::new(); r.input_ids.len()];
+    let n = r.input_ids.len();
+    let mut tokens = vec![Vec::new(); n];
+    let mut free_tokens = vec![Vec::new(); n];
+    let mut near_ties = Vec::new();
     if steps > 0 {
-        let g = generate(model, &r.input_ids, steps, &Sampling::greedy(), &[], true)?;
-        if let Some(dl) = &r.decode_logits {
-            for s in 0..steps {
-                let mut ours = Vec::new();
-                let mut gold = Vec::new();
-                for b in 0..r.input_ids.len() {
-                    if let Some(l) = g.logits[b].get(s) {
-                        ours.extend_from_slice(l);
-                    }
+        if r.decode_ids.iter().any(|d| d.len() != steps) {
+            return Err(Error::invalid("reference decode_ids rows differ in length"));
+        }
+        let forced = teacher_forced_logits(model, r, steps)?;
+        for s in 0..steps {
+            let mut ours = Vec::new();
+            let mut gold = Vec::new();
+            for (b, (fb, tb)) in forced.iter().zip(tokens.iter_mut()).enumerate() {
+                let l = &fb[s];
+                ours.extend_from_slice(l);
+                let tok = crate::model::argmax(l);
+                tb.push(tok);
+                if let Some(dl) = &r.decode_logits {
                     let off = (b * steps + s) * vocab;
-                    gold.extend_from_slice(dl.data.get(off..off + vocab).unwrap_or(&[]));
+                    let g = dl.data.get(off..off + vocab).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "reference decode_logits have shape {:?}, expected [{n}, {steps}, {vocab}]",
+                            dl.shape
+                        ))
+                    })?;
+                    gold.extend_from_slice(g);
+                    if tok != r.decode_ids[b][s] {
+                        let (margin, max_abs) = (top2_margin(g), max_abs_diff(l, g).0);
+                        if margin < 2.0 * max_abs {
+                            near_ties.push(NearTie {
+                                seq: b,
+                                step: s,
+                                margin,
+                                max_abs,
+                            });
+                        }
+                    }
                 }
+            }
+            if r.decode_logits.is_some() {
                 rows.push(row(format!("decode step {s} logits"), &ours, &gold));
             }
         }
-        tokens = g.tokens;
+        free_tokens = generate(model, &r.input_ids, steps, &Sampling::greedy(), &[], false)?.tokens;
     }
     Ok(ParityReport {
         rows,
         expected_tokens: r.decode_ids.clone(),
         tokens,
+        free_tokens,
+        near_ties,
     })
+}
+
+/// Largest minus second-largest value of a row (infinity for fewer than two values).
+fn top2_margin(row: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in row {
+        if v > a {
+            b = a;
+            a = v;
+        } else if v > b {
+            b = v;
+        }
+    }
+    a - b
+}
+
+/// The logits of every decode step with the golden tokens fed back (step 0: the prompt's last
+/// token; step s > 0: the cached one-token step fed `decode_ids[b][s - 1]`), so that each step
+/// is compared on the same inputs as the golden's: `[prompt][step][V]`.
+fn teacher_forced_logits<B: Backend>(
+    model: &HybridModel<B>,
+    r: &Reference,
+    steps: usize,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let n = r.input_ids.len();
+    let vocab = model.config().vocab_size;
+    let cap = r.input_ids.iter().map(|p| p.len()).max().unwrap_or(0) + steps;
+    let mut cache = model.new_cache(n, cap.max(1))?;
+    let slots: Vec<usize> = (0..n).collect();
+    let prompts: Vec<&[u32]> = r.input_ids.iter().map(|p| p.as_slice()).collect();
+    let mut out = vec![Vec::with_capacity(steps); n];
+    let mut logits = model
+        .forward(&prompts, &slots, &mut cache, Logits::Last, false)?
+        .logits
+        .expect("logits asked");
+    for s in 0..steps {
+        for (b, o) in out.iter_mut().enumerate() {
+            o.push(logits.data[b * vocab..(b + 1) * vocab].to_vec());
+        }
+        if s + 1 < steps {
+            let fed: Vec<[u32; 1]> = r.decode_ids.iter().map(|d| [d[s]]).collect();
+            let fed: Vec<&[u32]> = fed.iter().map(|t| t.as_slice()).collect();
+            logits = model
+                .forward(&fed, &slots, &mut cache, Logits::Last, false)?
+                .logits
+                .expect("logits asked");
+        }
+    }
+    Ok(out)
 }
 
 /// Runs the same prompts through two models (say the GPU and the CPU backend) and compares every

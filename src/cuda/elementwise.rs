@@ -226,6 +226,55 @@ impl Gpu {
         unsafe { self.launch_elementwise::<T>("copy", &p, false) }
     }
 
+    /// Greedy choice per row: `out [rows]` (int32) = the column of the largest value of row `r`
+    /// of `x [rows, cols]` (a strided view), the first one on ties like `torch.argmax`; NaN
+    /// never wins (a row of NaN gives 0). One block per row. Asynchronous on [`Gpu::stream`].
+    pub fn argmax_rows_into<T: GpuDtype>(
+        &self,
+        x: Strided<'_, T>,
+        out: &mut CudaSlice<i32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const OP: &str = "argmax_rows";
+        check_nonempty(OP, rows, cols)?;
+        if cols > i32::MAX as usize {
+            return Err(Error::invalid(format!(
+                "{OP}: {cols} columns do not fit an int32 index"
+            )));
+        }
+        self.check_strided(OP, "x", &x, rows, cols)?;
+        self.check_buf(OP, "out", out, &[("rows", rows)])?;
+        let f = self.function(&format!("argmax_rows_{}", T::SUFFIX))?;
+        let s = &self.stream;
+        let (xp, _gx) = x.buf.device_ptr(s);
+        let (op, _go) = out.device_ptr_mut(s);
+        let p = ElementwiseParams {
+            out: op as usize as *mut c_void,
+            x: elem_ptr::<T>(xp, x.offset),
+            y: std::ptr::null(),
+            idx: std::ptr::null(),
+            rows: rows as i64,
+            cols: cols as i64,
+            out_row_stride: 1,
+            x_row_stride: x.row_stride as i64,
+            y_row_stride: 0,
+            vocab: 0,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: block r reads row r of x ([rows, cols] at its stride, checked above) and
+        // writes out[r] (out holds rows ints, checked); `out` is a `&mut` borrow, so it aliases
+        // nothing; the guards live past the launch.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {OP}"), e))?;
+        Ok(())
+    }
+
     /// Launches `{op}_{T}` on `p` over a grid sized for the kernel's choice of packs.
     ///
     /// # Safety

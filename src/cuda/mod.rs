@@ -393,14 +393,17 @@ impl Gpu {
     }
 
     /// A zeroed device buffer of `len` elements.
-    pub fn zeros<T: GpuDtype>(&self, len: usize) -> Result<CudaSlice<T>> {
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
         self.stream
             .alloc_zeros(len)
             .map_err(|e| cuda_err(&format!("allocating {len} elements"), e))
     }
 
     /// Copies a device buffer to the host (waits for the stream).
-    pub fn download<T: GpuDtype>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
         self.stream
             .clone_dtoh(dev)
             .map_err(|e| cuda_err("device to host copy", e))

@@ -115,7 +115,7 @@ impl<T: GpuDtype> CudaTensor<T> {
     }
 
     /// The tensor as the strided view the launchers take.
-    fn view(&self) -> Strided<'_, T> {
+    pub(crate) fn view(&self) -> Strided<'_, T> {
         Strided {
             buf: self.slice(),
             offset: self.offset,
@@ -964,6 +964,14 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
 
     fn peak_memory(&self) -> Option<u64> {
         self.gpu.peak_memory().ok()
+    }
+
+    fn argmax_rows(&self, x: &CudaTensor<T>) -> Result<Vec<u32>> {
+        let mut ids = self.g().zeros::<i32>(x.rows)?;
+        self.g()
+            .argmax_rows_into(x.view(), &mut ids, x.rows, x.cols)?;
+        let host = self.g().download(&ids)?;
+        Ok(host.into_iter().map(|i| i as u32).collect())
     }
 
     fn to_host(&self, x: &CudaTensor<T>) -> Result<HostTensor> {

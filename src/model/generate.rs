@@ -136,7 +136,7 @@ pub fn generate<B: Backend>(
         |m: &HybridModel<B>, tokens: &[u32], slots: &[usize], cache: &mut HybridCache<B>| {
             let lists: Vec<&[u32]> = tokens.chunks(1).collect();
             let o = m.forward(&lists, slots, cache, Logits::Last, false)?;
-            Ok(o.logits.expect("logits asked"))
+            Ok(StepOutput::Logits(o.logits.expect("logits asked")))
         };
     generate_with(
         model,
@@ -149,10 +149,25 @@ pub fn generate<B: Backend>(
     )
 }
 
-/// One decode step: `tokens[i]` continues the sequence in `slots[i]`; returns the logits
-/// `[slots, V]` (what [`HybridModel::forward`] with [`Logits::Last`] gives).
+/// What one decode step gives back.
+#[derive(Debug, Clone)]
+pub enum StepOutput {
+    /// The logits `[slots, V]` (what [`HybridModel::forward`] with [`Logits::Last`] gives).
+    Logits(HostTensor),
+    /// Each slot's greedy token, chosen where the logits live (a device backend then copies
+    /// back one int per slot). Only valid for greedy sampling without `keep_logits`.
+    Greedy(Vec<u32>),
+}
+
+impl From<HostTensor> for StepOutput {
+    fn from(t: HostTensor) -> Self {
+        StepOutput::Logits(t)
+    }
+}
+
+/// One decode step: `tokens[i]` continues the sequence in `slots[i]`.
 pub type DecodeStep<'a, B> =
-    dyn FnMut(&HybridModel<B>, &[u32], &[usize], &mut HybridCache<B>) -> Result<HostTensor> + 'a;
+    dyn FnMut(&HybridModel<B>, &[u32], &[usize], &mut HybridCache<B>) -> Result<StepOutput> + 'a;
 
 /// [`generate`] with the decode steps run by `step` (the CUDA backend replays a captured graph).
 pub fn generate_with<B: Backend>(
@@ -189,19 +204,32 @@ pub fn generate_with<B: Backend>(
     let slots: Vec<usize> = (0..n).collect();
     let first = model.forward(&refs, &slots, &mut cache, Logits::Last, false)?;
     out.prefill_secs = t0.elapsed().as_secs_f64();
-    let mut logits = first.logits.expect("logits asked");
+    let mut logits = StepOutput::Logits(first.logits.expect("logits asked"));
     let mut live: Vec<usize> = slots.clone();
     let t1 = std::time::Instant::now();
     loop {
         let mut next_live = Vec::new();
         let mut next_tokens = Vec::new();
         for (row, &s) in live.iter().enumerate() {
-            let l = &logits.data[row * vocab..(row + 1) * vocab];
-            let tok = sample(l, sampling, &mut rng);
+            let tok = match &logits {
+                StepOutput::Logits(t) => {
+                    let l = &t.data[row * vocab..(row + 1) * vocab];
+                    if keep_logits {
+                        out.logits[s].push(l.to_vec());
+                    }
+                    sample(l, sampling, &mut rng)
+                }
+                StepOutput::Greedy(ids) => {
+                    if keep_logits || sampling.temperature != 0.0 || ids.len() != live.len() {
+                        return Err(Error::invalid(
+                            "generate: a step returned greedy tokens, but the run samples, keeps \
+                             logits, or the token count differs from the live sequences",
+                        ));
+                    }
+                    ids[row]
+                }
+            };
             out.tokens[s].push(tok);
-            if keep_logits {
-                out.logits[s].push(l.to_vec());
-            }
             if out.tokens[s].len() < max_new_tokens && !eos.contains(&tok) {
                 next_live.push(s);
                 next_tokens.push(tok);

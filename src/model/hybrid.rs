@@ -8,15 +8,14 @@ use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 use crate::weights::FoldedWeights;
 
-/// One decoder layer's weights on the backend (multipliers already folded in).
+/// One decoder layer's weights on the backend (multipliers already folded in). The projections
+/// that read the same input are stacked into one matrix each, so that one GEMM makes them all.
 struct Layer<B: Backend> {
     input_layernorm: B::Weight,
     pre_ff_layernorm: B::Weight,
-    q_proj: B::Weight,
-    k_proj: B::Weight,
-    v_proj: B::Weight,
+    /// Rows `[q_proj | k_proj | v_proj | in_proj]`: `[Hq*hd + 2*Hkv*hd + in_proj_dim, d]`.
+    in_fused: B::Weight,
     o_proj: B::Weight,
-    in_proj: B::Weight,
     conv_weight: B::Weight,
     conv_bias: Option<B::Weight>,
     dt_bias: B::Weight,
@@ -24,8 +23,8 @@ struct Layer<B: Backend> {
     d: B::Weight,
     norm: Option<B::Weight>,
     out_proj: B::Weight,
-    gate_proj: B::Weight,
-    up_proj: B::Weight,
+    /// Rows `[gate_proj | up_proj]`: `[2I, d]`.
+    gate_up: B::Weight,
     down_proj: B::Weight,
 }
 
@@ -106,6 +105,22 @@ impl<B: Backend> Drop for JoinOnDrop<'_, B> {
     }
 }
 
+/// [`Backend::split_cols`] into exactly `N` parts.
+fn split_n<B: Backend, const N: usize>(
+    be: &B,
+    x: &B::Tensor,
+    widths: [usize; N],
+) -> Result<[B::Tensor; N]> {
+    be.split_cols(x, &widths)?
+        .try_into()
+        .map_err(|parts: Vec<_>| {
+            Error::invalid(format!(
+                "split_cols gave {} parts for widths {widths:?}",
+                parts.len()
+            ))
+        })
+}
+
 /// A Falcon-H1 model on backend `B`.
 pub struct HybridModel<B: Backend> {
     cfg: Config,
@@ -134,11 +149,8 @@ impl<B: Backend> HybridModel<B> {
             layers.push(Layer {
                 input_layernorm: up(&l.input_layernorm)?,
                 pre_ff_layernorm: up(&l.pre_ff_layernorm)?,
-                q_proj: up(&l.q_proj)?,
-                k_proj: up(&l.k_proj)?,
-                v_proj: up(&l.v_proj)?,
+                in_fused: up(&l.input_projections()?)?,
                 o_proj: up(&l.o_proj)?,
-                in_proj: up(&l.in_proj)?,
                 conv_weight: up(&l.conv_weight)?,
                 conv_bias: l.conv_bias.as_ref().map(up).transpose()?,
                 dt_bias: up(&l.dt_bias)?,
@@ -146,8 +158,7 @@ impl<B: Backend> HybridModel<B> {
                 d: up(&l.d)?,
                 norm: l.norm.as_ref().map(up).transpose()?,
                 out_proj: up(&l.out_proj)?,
-                gate_proj: up(&l.gate_proj)?,
-                up_proj: up(&l.up_proj)?,
+                gate_up: up(&l.gate_up_proj()?)?,
                 down_proj: up(&l.down_proj)?,
             });
         }
@@ -183,14 +194,12 @@ impl<B: Backend> HybridModel<B> {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for _ in 0..c.num_hidden_layers {
             layers.push(Layer {
-                q_proj: matrix(hq * hd, d)?,
-                k_proj: matrix(hkv * hd, d)?,
-                v_proj: matrix(hkv * hd, d)?,
+                // The stacked projections: every part reads the same input of width d, so one
+                // matrix of the whole shape draws each part from the same range.
+                in_fused: matrix((hq + 2 * hkv) * hd + c.in_proj_dim(), d)?,
                 o_proj: matrix(d, hq * hd)?,
-                in_proj: matrix(c.in_proj_dim(), d)?,
                 out_proj: matrix(d, c.mamba_d_ssm)?,
-                gate_proj: matrix(c.intermediate_size, d)?,
-                up_proj: matrix(c.intermediate_size, d)?,
+                gate_up: matrix(2 * c.intermediate_size, d)?,
                 down_proj: matrix(d, c.intermediate_size)?,
                 input_layernorm: rnd(&[d], 0.9, 1.1)?,
                 pre_ff_layernorm: rnd(&[d], 0.9, 1.1)?,
@@ -413,30 +422,33 @@ impl<B: Backend> HybridModel<B> {
         let eps = c.rms_norm_eps as f32;
         let n = be.rms_norm(h, &l.input_layernorm, eps)?;
 
-        // Attention branch on the normed input (RoPE inside the attention op), issued first so
-        // that a backend with two queues runs it beside the Mamba branch.
+        // One GEMM for every projection of the normed input (rows [q | k | v | z | xBC | dt];
+        // the multipliers are in the weights), on the main branch before the branches fork, so
+        // that the side branch (which waits for everything issued before it) sees it. The parts
+        // are column views of its output where the backend can (CUDA), copies otherwise (CPU);
+        // `proj` and every view live until the branches are joined (or `joined` joins them).
         let shape = self.attn_shape();
+        let (ds, conv_dim) = (c.mamba_d_ssm, c.conv_dim());
+        let (q_cols, kv_cols) = (
+            shape.n_heads * shape.head_dim,
+            shape.n_kv_heads * shape.head_dim,
+        );
+        let proj = be.linear(&n, &l.in_fused)?;
+        let widths = [q_cols, kv_cols, kv_cols, ds, conv_dim, c.mamba_n_heads];
+        let [q, k, v, z, xbc, dt] = split_n(be, &proj, widths)?;
+
+        // Attention branch (RoPE inside the attention op), issued first so that a backend with
+        // two queues runs it beside the Mamba branch.
         be.side_branch()?;
-        // Joins the branches if anything below returns early, before `n` (read by both) and the
+        // Joins the branches if anything below returns early, before `proj`, its views and the
         // side branch's tensors are dropped.
         let mut joined = JoinOnDrop { be, done: false };
-        let attn = (|| {
-            let q = be.linear(&n, &l.q_proj)?;
-            let k = be.linear(&n, &l.k_proj)?;
-            let v = be.linear(&n, &l.v_proj)?;
-            be.attention(q, &k, &v, &mut lc.kv, batch, shape, c.rope_theta)
-        })();
+        let attn = be.attention(q, &k, &v, &mut lc.kv, batch, shape, c.rope_theta);
         be.main_branch();
         let attn = attn?;
 
-        // Mamba-2 branch. in_proj rows: [z | xBC | dt]; the multipliers are in the weights.
-        let ds = c.mamba_d_ssm;
+        // Mamba-2 branch.
         let gn = c.mamba_n_groups * c.mamba_d_state;
-        let proj = be.linear(&n, &l.in_proj)?;
-        let mut parts = be.split_cols(&proj, &[ds, c.conv_dim(), c.mamba_n_heads])?;
-        let dt = parts.pop().expect("three parts");
-        let xbc = parts.pop().expect("three parts");
-        let z = parts.pop().expect("three parts");
         let xbc = be.conv1d_silu(
             &xbc,
             &l.conv_weight,
@@ -445,10 +457,7 @@ impl<B: Backend> HybridModel<B> {
             batch,
             c.mamba_d_conv,
         )?;
-        let mut xbc_parts = be.split_cols(&xbc, &[ds, gn, gn])?;
-        let cm = xbc_parts.pop().expect("three parts");
-        let bm = xbc_parts.pop().expect("three parts");
-        let x = xbc_parts.pop().expect("three parts");
+        let [x, bm, cm] = split_n(be, &xbc, [ds, gn, gn])?;
         let params = MambaParams {
             dt_bias: &l.dt_bias,
             a_log: &l.a_log,
@@ -482,8 +491,8 @@ impl<B: Backend> HybridModel<B> {
 
         // SwiGLU MLP.
         let n2 = be.rms_norm(h, &l.pre_ff_layernorm, eps)?;
-        let gate = be.linear(&n2, &l.gate_proj)?;
-        let up = be.linear(&n2, &l.up_proj)?;
+        let gate_up = be.linear(&n2, &l.gate_up)?;
+        let [gate, up] = split_n(be, &gate_up, [c.intermediate_size; 2])?;
         let act = be.swiglu(&gate, &up)?;
         be.linear_add(&act, &l.down_proj, h)
     }

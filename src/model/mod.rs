@@ -19,5 +19,7 @@ pub use cuda_backend::{
 };
 #[cfg(feature = "cuda")]
 pub use cuda_graph::DecodeGraph;
-pub use generate::{argmax, generate, generate_with, sample, DecodeStep, Generation, Sampling};
+pub use generate::{
+    argmax, generate, generate_with, sample, DecodeStep, Generation, Sampling, StepOutput,
+};
 pub use hybrid::{ForwardOutput, HybridCache, HybridModel, LayerCache, Logits};

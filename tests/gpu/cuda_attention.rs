@@ -183,7 +183,7 @@ fn gpu_step<T: AttnDtype>(
             .attention_decode_into(&dq, cache, batch, h.hq, s, &mut out)
             .unwrap(),
         Attn::Prefill => g
-            .attention_prefill_into(&dq, cache, batch, h.hq, &mut out)
+            .attention_prefill_mma_into(&dq, cache, batch, h.hq, &mut out)
             .unwrap(),
         Attn::PrefillSm90 => g
             .attention_prefill_sm90_into(&dq, cache, batch, h.hq, &mut out)
@@ -247,7 +247,8 @@ fn prefill_case<T: AttnDtype>(
 /// Which prefill kernels a case runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
-    /// `Gpu::attention_prefill_into` (the sm_80 tensor-core kernels by default).
+    /// `Gpu::attention_prefill_mma_into` (the sm_80 tensor-core kernels, on every card; the
+    /// model's default `attention_prefill_into` picks them or the sm90 ones, both tested here).
     Tensor,
     /// `Gpu::attention_reference_into`, the any-head-dim scalar kernel.
     Scalar,

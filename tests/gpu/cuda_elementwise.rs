@@ -477,3 +477,69 @@ fn elementwise_rejects_bad_shapes() {
     let e = err(g.copy_into(Strided::dense(&gate, 4), &mut out, 3, 0));
     assert!(e.contains("empty"), "{e}");
 }
+
+fn argmax_sweep<T: GpuDtype>() {
+    let g = gpu();
+    let mut rng = StdRng::seed_from_u64(9);
+    // Widths around the block size and the 130k vocab of the releases; strided rows.
+    for &(rows, cols, stride) in &[
+        (1, 1, 1),
+        (3, 1023, 1030),
+        (5, 1025, 1025),
+        (32, 130_049, 130_049),
+    ] {
+        let mut host: Vec<f32> = (0..rows * stride)
+            .map(|_| rng.random_range(-4.0..4.0))
+            .collect();
+        // Row 0: a tie of the maximum at two places (the first wins). Row 1: NaNs never win.
+        host[cols / 2] = 100.0;
+        host[cols - 1] = 100.0;
+        if rows > 1 {
+            host[stride] = f32::NAN;
+            host[stride + cols / 3] = 50.0;
+        }
+        let rounded = round::<T>(&host);
+        let dx = g.upload(&to_t::<T>(&rounded)).unwrap();
+        let x = Strided {
+            buf: &dx,
+            offset: 0,
+            row_stride: stride,
+        };
+        // Poisoned: every entry must be written.
+        let mut out = g.upload(&vec![-7i32; rows]).unwrap();
+        g.argmax_rows_into(x, &mut out, rows, cols).unwrap();
+        let got = g.download(&out).unwrap();
+        for r in 0..rows {
+            let want = falcon_h1_kernels::model::argmax(&rounded[r * stride..r * stride + cols]);
+            assert_eq!(
+                got[r],
+                want as i32,
+                "{} rows {rows} cols {cols}: row {r}",
+                T::SUFFIX
+            );
+        }
+        assert_eq!(got[0], (cols / 2) as i32, "the first of tied maxima");
+    }
+    // A row of NaN gives 0; bad shapes are errors.
+    let dx = g.upload(&to_t::<T>(&[f32::NAN; 4])).unwrap();
+    let mut out = g.upload(&[5i32]).unwrap();
+    let x = || Strided {
+        buf: &dx,
+        offset: 0,
+        row_stride: 4,
+    };
+    g.argmax_rows_into(x(), &mut out, 1, 4).unwrap();
+    assert_eq!(g.download(&out).unwrap(), vec![0]);
+    assert!(
+        g.argmax_rows_into(x(), &mut out, 2, 4).is_err(),
+        "x too short"
+    );
+    assert!(g.argmax_rows_into(x(), &mut out, 1, 0).is_err(), "empty");
+}
+
+#[test]
+fn argmax_rows_matches_host_argmax() {
+    argmax_sweep::<f32>();
+    argmax_sweep::<half::bf16>();
+    argmax_sweep::<half::f16>();
+}
