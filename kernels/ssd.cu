@@ -46,8 +46,9 @@ __device__ __forceinline__ void chunk_cumsum(const SsdParams& p, int64_t tok0, i
 
 // S_c[P, N] tile (64 x 64) of one (chunk, head): X'^T B over the chunk's tokens, with
 // X'[t, p] = x[t, p] * dt_t * exp(min(cum_end - cum_t, 0)).
-template <typename T>
+template <typename T, int LD>
 __device__ __forceinline__ void chunk_state(const SsdParams& p) {
+    constexpr int LDO = LD == kTile ? kTile : kTile + 4;  // f32 output tile row
     using Tc = T;
     const int c = blockIdx.x, h = blockIdx.y;
     const int H = (int)p.heads, P = (int)p.head_dim, N = (int)p.state_dim;
@@ -61,12 +62,12 @@ __device__ __forceinline__ void chunk_state(const SsdParams& p) {
 
     __shared__ float s_dt[kMaxChunk], s_cum[kMaxChunk], s_w[kMaxChunk];
     // The X' and B tiles, then the f32 S_c tile on its way out.
-    constexpr int kBytes = 2 * kTile * kTile * (int)sizeof(Tc) > kTile * kTile * 4
-                               ? 2 * kTile * kTile * (int)sizeof(Tc)
-                               : kTile * kTile * 4;
+    constexpr int kBytes = 2 * kTile * LD * (int)sizeof(Tc) > kTile * LDO * 4
+                               ? 2 * kTile * LD * (int)sizeof(Tc)
+                               : kTile * LDO * 4;
     __shared__ __align__(128) unsigned char smem[kBytes];
     Tc* sX = reinterpret_cast<Tc*>(smem);
-    Tc* sB = sX + kTile * kTile;
+    Tc* sB = sX + kTile * LD;
 
     chunk_cumsum<T>(p, tok0, len, h, s_dt, s_cum);
     __syncthreads();
@@ -84,19 +85,19 @@ __device__ __forceinline__ void chunk_state(const SsdParams& p) {
     for (int f = 0; f < 4; ++f) acc[f].zero();
     const bool vec = p.vec_loads != 0;
     for (int k0 = 0; k0 < len; k0 += kTile) {
-        fill_tile<kTile, kTile>(sX, x + (tok0 + k0) * p.x_row_stride, p.x_row_stride, len - k0, vec,
-                                [&](int r) { return s_w[k0 + r]; });
-        fill_tile<kTile, kTile>(sB, b + (tok0 + k0) * p.b_row_stride, p.b_row_stride, len - k0, vec,
-                                [](int) { return 1.f; });
+        fill_tile<kTile, kTile, LD>(sX, x + (tok0 + k0) * p.x_row_stride, p.x_row_stride, len - k0, vec,
+                                    [&](int r) { return s_w[k0 + r]; });
+        fill_tile<kTile, kTile, LD>(sB, b + (tok0 + k0) * p.b_row_stride, p.b_row_stride, len - k0, vec,
+                                    [](int) { return 1.f; });
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < kTile; kk += 16) {
-            FragA<Tc, col_major> fa;  // A = X'^T: element (p, t) at t * 64 + p
-            fa.load(sX + kk * kTile + warp * 16, kTile);
+            FragA<Tc, col_major> fa;  // A = X'^T: element (p, t) at t * LD + p
+            fa.load(sX + kk * LD + warp * 16, LD);
 #pragma unroll
             for (int f = 0; f < 4; ++f) {
                 FragB<Tc, row_major> fb;
-                fb.load(sB + kk * kTile + f * 16, kTile);
+                fb.load(sB + kk * LD + f * 16, LD);
                 mma(acc[f], fa, fb);
             }
         }
@@ -106,7 +107,7 @@ __device__ __forceinline__ void chunk_state(const SsdParams& p) {
     // then 16-byte stores of whole rows.
     float* sO = reinterpret_cast<float*>(smem);
 #pragma unroll
-    for (int f = 0; f < 4; ++f) acc[f].store(sO + warp * 16 * kTile + f * 16, kTile);
+    for (int f = 0; f < 4; ++f) acc[f].store(sO + warp * 16 * LDO + f * 16, LDO);
     __syncthreads();
     constexpr int V = 16 / sizeof(Tc);
     Tc* out = static_cast<Tc*>(p.chunk_states) + (((int64_t)c * H + h) * P + pt * kTile) * N + nt * kTile;
@@ -115,7 +116,7 @@ __device__ __forceinline__ void chunk_state(const SsdParams& p) {
         const int r = e / kTile, col = e % kTile;
         Pack<Tc, V> v;
 #pragma unroll
-        for (int i = 0; i < V; ++i) v.v[i] = fh1::from_f32<Tc>(sO[e + i]);
+        for (int i = 0; i < V; ++i) v.v[i] = fh1::from_f32<Tc>(sO[r * LDO + col + i]);
         *reinterpret_cast<Pack<Tc, V>*>(out + (int64_t)r * N + col) = v;
     }
 }
@@ -175,7 +176,7 @@ __device__ __forceinline__ void state_pass(const SsdParams& p) {
 
 // C B^T of one (chunk, group), 64 x 64 tile (rows m0.., columns j0.. <= m0): shared by the
 // H/G heads of the group, so computed once here instead of in every head's scan.
-template <typename T>
+template <typename T, int LD>
 __device__ __forceinline__ void chunk_cb(const SsdParams& p) {
     using Tc = T;
     const int Q = (int)p.chunk_size, n_mtiles = Q / kTile;
@@ -191,25 +192,25 @@ __device__ __forceinline__ void chunk_cb(const SsdParams& p) {
     const T* bg = static_cast<const T*>(p.b) + (int64_t)g * N;
     const T* cg = static_cast<const T*>(p.c) + (int64_t)g * N;
 
-    __shared__ __align__(128) Tc sC[kTile * kTile];
-    __shared__ __align__(128) Tc sB[kTile * kTile];
+    __shared__ __align__(128) Tc sC[kTile * LD];
+    __shared__ __align__(128) Tc sB[kTile * LD];
     Acc<Tc> cb[4];
 #pragma unroll
     for (int f = 0; f < 4; ++f) cb[f].zero();
     for (int n0 = 0; n0 < N; n0 += kTile) {
-        fill_tile<kTile, kTile>(sC, cg + (tok0 + m0) * p.c_row_stride + n0, p.c_row_stride, len - m0, vec,
-                                [](int) { return 1.f; });
-        fill_tile<kTile, kTile>(sB, bg + (tok0 + j0) * p.b_row_stride + n0, p.b_row_stride, len - j0, vec,
-                                [](int) { return 1.f; });
+        fill_tile<kTile, kTile, LD>(sC, cg + (tok0 + m0) * p.c_row_stride + n0, p.c_row_stride, len - m0,
+                                    vec, [](int) { return 1.f; });
+        fill_tile<kTile, kTile, LD>(sB, bg + (tok0 + j0) * p.b_row_stride + n0, p.b_row_stride, len - j0,
+                                    vec, [](int) { return 1.f; });
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < kTile; kk += 16) {
             FragA<Tc, row_major> fa;
-            fa.load(sC + warp * 16 * kTile + kk, kTile);
+            fa.load(sC + warp * 16 * LD + kk, LD);
 #pragma unroll
             for (int f = 0; f < 4; ++f) {
-                FragB<Tc, col_major> fb;  // B^T: element (n, j) at j * 64 + n
-                fb.load(sB + f * 16 * kTile + kk, kTile);
+                FragB<Tc, col_major> fb;  // B^T: element (n, j) at j * LD + n
+                fb.load(sB + f * 16 * LD + kk, LD);
                 mma(cb[f], fa, fb);
             }
         }
@@ -345,22 +346,266 @@ __device__ __forceinline__ void chunk_scan(const SsdParams& p) {
     }
 }
 
+// ---- The chunk scan, second form (the default; chunk_scan above is FH1_SSD_LEGACY=1) ----
+// One block of 8 warps per (chunk x 64-row tile, head, PT columns of P), the warps 2 (rows) x 4
+// (columns) over the 64 x PT output, so each warp loads 2 A and PT/64 B fragments per 2 * PT/64
+// products instead of 1 A and PT/16 B per PT/16. Every shared tile has its rows padded by 16
+// bytes (no bank conflicts in the fragment loads). The state term streams N in steps of 64
+// through two stages: the S tile by cp.async and the C tile through registers (it is scaled by
+// exp(cum_i) on the way), both for step k+1 in flight while step k multiplies. The intra-chunk
+// operand (C B^T o L) dt is built straight from the f32 C B^T in global memory (L2) into Tc.
+constexpr int kScanThreads = 256;
+constexpr int kLd = kTile + 8;  // padded row of a 64-wide tile, in elements
+
+template <typename Tc, int PT> struct Scan2 {
+    static constexpr int kLdX = PT + 8;      // x tile row (Tc)
+    static constexpr int kLdY = PT + 4;      // f32 output tile row
+    static constexpr int kStageC = kTile * kLd;            // C tile [64][kLd], elements
+    static constexpr int kStage = (kTile + PT) * kLd;      // C tile, then S tile [PT][kLd]
+    static constexpr int kIntra = kTile * kLd + kTile * kLdX;  // Cbt [64][kLd], x [64][kLdX]
+    static_assert(kIntra <= kStage, "the intra-chunk tiles live in stage 1");
+    static constexpr int kStagesBytes = 2 * kStage * (int)sizeof(Tc);
+    static constexpr int kOutBytes = kTile * kLdY * 4;
+    // Dynamic shared memory of the launch (src/cuda/ssd.rs computes the same figure).
+    static constexpr int kBytes = kStagesBytes > kOutBytes ? kStagesBytes : kOutBytes;
+    static constexpr int WC = PT / 4;  // columns per warp
+    static constexpr int NF = WC / 16;
+};
+
+// The 64 x 64 C tile of one state step, held in registers between its load and its store.
+template <typename Tc, int NT> struct CTile {
+    static constexpr int V = 16 / sizeof(Tc);
+    static constexpr int K = kTile * kTile / (NT * V);
+    uint4 u[K];
+    // With vec: 16-byte loads of rows < valid (zeros beyond). Without, store() reads.
+    __device__ __forceinline__ void load(const Tc* src, int64_t stride, int valid, bool vec) {
+        if (!vec) return;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int e = (threadIdx.x + k * NT) * V, r = e / kTile, col = e % kTile;
+            u[k] = r < valid ? *reinterpret_cast<const uint4*>(src + r * stride + col) : make_uint4(0, 0, 0, 0);
+        }
+    }
+    // dst[r][col] = C[r][col] * scale[r] rounded to Tc (rows >= valid: 0).
+    __device__ __forceinline__ void store(Tc* dst, const Tc* src, int64_t stride, int valid, bool vec,
+                                          const float* scale) {
+        if (!vec) {
+            fill_tile<kTile, kTile, kLd, NT>(dst, src, stride, valid, false, [&](int r) { return scale[r]; });
+            return;
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int e = (threadIdx.x + k * NT) * V, r = e / kTile, col = e % kTile;
+            const float sc = r < valid ? scale[r] : 0.f;
+            const Tc* in = reinterpret_cast<const Tc*>(&u[k]);
+            Pack<Tc, V> out;
+#pragma unroll
+            for (int i = 0; i < V; ++i) out.v[i] = fh1::from_f32<Tc>(fh1::to_f32(in[i]) * sc);
+            *reinterpret_cast<Pack<Tc, V>*>(dst + r * kLd + col) = out;
+        }
+    }
+};
+
+template <typename T, int PT>
+__device__ __forceinline__ void chunk_scan2(const SsdParams& p, unsigned char* smem) {
+    using Tc = T;
+    using L = Scan2<Tc, PT>;
+    constexpr int NT = kScanThreads, NF = L::NF, WC = L::WC;
+    const int Q = (int)p.chunk_size, n_mtiles = Q / kTile;
+    const int c = blockIdx.x / n_mtiles, m0 = (blockIdx.x % n_mtiles) * kTile;
+    const int h = blockIdx.y, pt = blockIdx.z;
+    const int H = (int)p.heads, P = (int)p.head_dim, N = (int)p.state_dim;
+    const int* info = static_cast<const int*>(p.chunk_info);
+    const int64_t tok0 = info[2 * c];
+    const int len = info[2 * c + 1];
+    if (m0 >= len) return;  // uniform over the block, before any barrier
+    const int g = h / (H / (int)p.groups);
+    const int warp = threadIdx.x >> 5, wr = warp >> 2, wc = warp & 3;
+    const bool vec = p.vec_loads != 0;
+
+    __shared__ float s_dt[kMaxChunk], s_cum[kMaxChunk], s_ec[kMaxChunk];
+    Tc* const st0 = reinterpret_cast<Tc*>(smem);
+    Tc* const st1 = st0 + L::kStage;
+
+    const int64_t cs = p.c_row_stride, xs = p.x_row_stride;
+    const T* cg = static_cast<const T*>(p.c) + (int64_t)g * N + (tok0 + m0) * cs;
+    const Tc* sg = static_cast<const Tc*>(p.chunk_states) + (((int64_t)c * H + h) * P + pt * PT) * N;
+    const int c_valid = len - m0;
+    const int n_steps = N / kTile;
+
+    // S of state step 0 in flight during the cumsum and the intra-chunk term. chunk_states rows are N
+    // elements of a 256-byte aligned allocation: always 16-byte pieces.
+    copy_tile<PT, kTile, kLd, NT>(st0 + L::kStageC, sg, (int64_t)N, PT, true);
+    cp_async_commit();
+
+    chunk_cumsum<T>(p, tok0, len, h, s_dt, s_cum);
+    __syncthreads();
+    for (int i = threadIdx.x; i < len; i += NT) s_ec[i] = expf(fminf(s_cum[i], 0.f));
+
+    Acc<Tc> acc[2][NF];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int f = 0; f < NF; ++f) acc[i][f].zero();
+
+    // Intra-chunk: causal blocks of 64 source tokens j0 <= m0, in stage 1.
+    {
+        Tc* sCbt = st1;
+        Tc* sX = st1 + kTile * kLd;
+        const float* cbg = static_cast<const float*>(p.cb) + (((int64_t)c * p.groups + g) * Q + m0) * Q;
+        const T* xg = static_cast<const T*>(p.x) + (int64_t)h * P + pt * PT;
+        for (int j0 = 0; j0 <= m0; j0 += kTile) {
+            copy_tile<kTile, PT, L::kLdX, NT>(sX, xg + (tok0 + j0) * xs, xs, len - j0, vec);
+            cp_async_commit();
+            // (C B^T)[i, j] exp(cum_i - cum_j) dt_j for j <= i < len, else 0; four columns a thread.
+#pragma unroll 1
+            for (int e = threadIdx.x * 4; e < kTile * kTile; e += NT * 4) {
+                const int r = e / kTile, col = e % kTile, i = m0 + r, j = j0 + col;
+                Pack<Tc, 4> out;
+                if (i < len && j <= i) {
+                    // The whole 64 x 64 tile was written by chunk_cb (it is on or below the diagonal).
+                    const float4 v = *reinterpret_cast<const float4*>(cbg + (int64_t)r * Q + j);
+                    const float cv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                    for (int q = 0; q < 4; ++q)
+                        out.v[q] = fh1::from_f32<Tc>(
+                            j + q <= i ? cv[q] * expf(fminf(s_cum[i] - s_cum[j + q], 0.f)) * s_dt[j + q] : 0.f);
+                } else {
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) out.v[q] = fh1::from_f32<Tc>(0.f);
+                }
+                *reinterpret_cast<Pack<Tc, 4>*>(sCbt + r * kLd + col) = out;
+            }
+            cp_async_wait<0>();
+            __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < kTile; kk += 16) {
+                FragA<Tc, row_major> fa[2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) fa[i].load(sCbt + (wr * 32 + i * 16) * kLd + kk, kLd);
+#pragma unroll
+                for (int f = 0; f < NF; ++f) {
+                    FragB<Tc, row_major> fb;
+                    fb.load(sX + kk * L::kLdX + wc * WC + f * 16, L::kLdX);
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) mma(acc[i][f], fa[i], fb);
+                }
+            }
+            __syncthreads();
+        }
+    }
+
+    // From the carried state: y += (exp(cum_i) C_i) S_in^T, N in steps of 64, two stages.
+    // (C's step-0 registers are loaded only here: held across the intra-chunk term they push
+    // the 16-bit P=128 build past 128 registers.)
+    CTile<Tc, NT> creg;
+    creg.load(cg, cs, c_valid, vec);
+    creg.store(st0, cg, cs, c_valid, vec, s_ec + m0);
+    for (int k = 0; k < n_steps; ++k) {
+        Tc* cur = (k & 1) ? st1 : st0;
+        Tc* nxt = (k & 1) ? st0 : st1;
+        if (k + 1 < n_steps) {
+            copy_tile<PT, kTile, kLd, NT>(nxt + L::kStageC, sg + (k + 1) * kTile, (int64_t)N, PT, true);
+            cp_async_commit();
+            creg.load(cg + (k + 1) * kTile, cs, c_valid, vec);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const Tc* sC = cur;
+        const Tc* sS = cur + L::kStageC;
+#pragma unroll
+        for (int kk = 0; kk < kTile; kk += 16) {
+            FragA<Tc, row_major> fa[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) fa[i].load(sC + (wr * 32 + i * 16) * kLd + kk, kLd);
+#pragma unroll
+            for (int f = 0; f < NF; ++f) {
+                FragB<Tc, col_major> fb;  // S^T: element (n, p) at p * kLd + n
+                fb.load(sS + (wc * WC + f * 16) * kLd + kk, kLd);
+#pragma unroll
+                for (int i = 0; i < 2; ++i) mma(acc[i][f], fa[i], fb);
+            }
+        }
+        __syncthreads();
+        if (k + 1 < n_steps) creg.store(nxt, cg + (k + 1) * kTile, cs, c_valid, vec, s_ec + m0);
+    }
+
+    // Out: through smem (f32), then + D x, rounded to T, V columns a thread.
+    float* sY = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int f = 0; f < NF; ++f)
+            acc[i][f].store(sY + (wr * 32 + i * 16) * L::kLdY + wc * WC + f * 16, L::kLdY);
+    __syncthreads();
+    const float dskip = p.d ? fh1::to_f32(static_cast<const T*>(p.d)[h]) : 0.f;
+    const T* xg = static_cast<const T*>(p.x) + (int64_t)h * P + pt * PT;
+    T* yg = static_cast<T*>(p.y) + (int64_t)h * P + pt * PT;
+    constexpr int V = 16 / sizeof(T);
+#pragma unroll 1
+    for (int e = threadIdx.x * V; e < kTile * PT; e += NT * V) {
+        const int r = e / PT, col = e % PT, i = m0 + r;
+        if (i >= len) continue;
+        Pack<T, V> xin;
+        if (dskip != 0.f) {
+            const T* xr = xg + (tok0 + i) * xs + col;
+            if (vec) {
+                xin = *reinterpret_cast<const Pack<T, V>*>(xr);
+            } else {
+#pragma unroll
+                for (int q = 0; q < V; ++q) xin.v[q] = xr[q];
+            }
+        }
+        Pack<T, V> out;
+#pragma unroll
+        for (int q = 0; q < V; ++q) {
+            float v = sY[r * L::kLdY + col + q];
+            if (dskip != 0.f) v = fmaf(dskip, fh1::to_f32(xin.v[q]), v);
+            out.v[q] = fh1::from_f32<T>(v);
+        }
+        // y is a dense [T, H, P] allocation: rows and the V-column pieces are 16-byte aligned.
+        *reinterpret_cast<Pack<T, V>*>(yg + (tok0 + i) * p.y_row_stride + col) = out;
+    }
+}
+
 }  // namespace ssd
 }  // namespace
 
 #define SSD_LB __launch_bounds__(ssd::kThreads, 2)
-extern "C" __global__ void SSD_LB ssd_chunk_cb_f32(SsdParams p) { ssd::chunk_cb<float>(p); }
-extern "C" __global__ void SSD_LB ssd_chunk_cb_bf16(SsdParams p) { ssd::chunk_cb<__nv_bfloat16>(p); }
-extern "C" __global__ void SSD_LB ssd_chunk_cb_f16(SsdParams p) { ssd::chunk_cb<__half>(p); }
-extern "C" __global__ void SSD_LB ssd_chunk_state_f32(SsdParams p) { ssd::chunk_state<float>(p); }
-extern "C" __global__ void SSD_LB ssd_chunk_state_bf16(SsdParams p) { ssd::chunk_state<__nv_bfloat16>(p); }
-extern "C" __global__ void SSD_LB ssd_chunk_state_f16(SsdParams p) { ssd::chunk_state<__half>(p); }
-extern "C" __global__ void __launch_bounds__(256) ssd_state_pass_f32(SsdParams p) { ssd::state_pass<float>(p); }
-extern "C" __global__ void __launch_bounds__(256) ssd_state_pass_bf16(SsdParams p) { ssd::state_pass<__nv_bfloat16>(p); }
-extern "C" __global__ void __launch_bounds__(256) ssd_state_pass_f16(SsdParams p) { ssd::state_pass<__half>(p); }
+// Legacy forms (FH1_SSD_LEGACY=1): unpadded tiles, the 4-warp chunk scan.
+extern "C" __global__ void SSD_LB ssd_chunk_cb_f32(SsdParams p) { ssd::chunk_cb<float, ssd::kTile>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_cb_bf16(SsdParams p) { ssd::chunk_cb<__nv_bfloat16, ssd::kTile>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_cb_f16(SsdParams p) { ssd::chunk_cb<__half, ssd::kTile>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_state_f32(SsdParams p) { ssd::chunk_state<float, ssd::kTile>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_state_bf16(SsdParams p) { ssd::chunk_state<__nv_bfloat16, ssd::kTile>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_state_f16(SsdParams p) { ssd::chunk_state<__half, ssd::kTile>(p); }
 extern "C" __global__ void SSD_LB ssd_chunk_scan_f32_p64(SsdParams p) { ssd::chunk_scan<float, 64>(p); }
 extern "C" __global__ void SSD_LB ssd_chunk_scan_bf16_p64(SsdParams p) { ssd::chunk_scan<__nv_bfloat16, 64>(p); }
 extern "C" __global__ void SSD_LB ssd_chunk_scan_bf16_p128(SsdParams p) { ssd::chunk_scan<__nv_bfloat16, 128>(p); }
 extern "C" __global__ void SSD_LB ssd_chunk_scan_f16_p64(SsdParams p) { ssd::chunk_scan<__half, 64>(p); }
 extern "C" __global__ void SSD_LB ssd_chunk_scan_f16_p128(SsdParams p) { ssd::chunk_scan<__half, 128>(p); }
+// Shared by both forms.
+extern "C" __global__ void __launch_bounds__(256) ssd_state_pass_f32(SsdParams p) { ssd::state_pass<float>(p); }
+extern "C" __global__ void __launch_bounds__(256) ssd_state_pass_bf16(SsdParams p) { ssd::state_pass<__nv_bfloat16>(p); }
+extern "C" __global__ void __launch_bounds__(256) ssd_state_pass_f16(SsdParams p) { ssd::state_pass<__half>(p); }
+// Default forms: padded tiles; the 8-warp, two-stage chunk scan with dynamic shared memory.
+extern "C" __global__ void SSD_LB ssd_chunk_cb2_f32(SsdParams p) { ssd::chunk_cb<float, ssd::kLd>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_cb2_bf16(SsdParams p) { ssd::chunk_cb<__nv_bfloat16, ssd::kLd>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_cb2_f16(SsdParams p) { ssd::chunk_cb<__half, ssd::kLd>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_state2_f32(SsdParams p) { ssd::chunk_state<float, ssd::kLd>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_state2_bf16(SsdParams p) { ssd::chunk_state<__nv_bfloat16, ssd::kLd>(p); }
+extern "C" __global__ void SSD_LB ssd_chunk_state2_f16(SsdParams p) { ssd::chunk_state<__half, ssd::kLd>(p); }
 #undef SSD_LB
+#define SSD_SCAN2(name, T, PT)                                                        \
+    extern "C" __global__ void __launch_bounds__(ssd::kScanThreads, 2) name(SsdParams p) { \
+        extern __shared__ __align__(128) unsigned char ssd_scan2_smem[];              \
+        ssd::chunk_scan2<T, PT>(p, ssd_scan2_smem);                                  \
+    }
+SSD_SCAN2(ssd_chunk_scan2_f32_p64, float, 64)
+SSD_SCAN2(ssd_chunk_scan2_bf16_p64, __nv_bfloat16, 64)
+SSD_SCAN2(ssd_chunk_scan2_bf16_p128, __nv_bfloat16, 128)
+SSD_SCAN2(ssd_chunk_scan2_f16_p64, __half, 64)
+SSD_SCAN2(ssd_chunk_scan2_f16_p128, __half, 128)
+#undef SSD_SCAN2

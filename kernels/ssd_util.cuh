@@ -96,18 +96,20 @@ template <typename Tc, int V> struct alignas(V * sizeof(Tc)) Pack {
     Tc v[V];
 };
 
-// Fills a shared tile dst[ROWS][W] (row-major, Tc) from global rows of `src` (row r at
-// src + r * stride, W contiguous elements), each row scaled by scale(r) in f32 and rounded to Tc;
-// rows r >= valid are zeros (and never read). With `vec` (src and stride 16-byte aligned) in
-// 16-byte pieces.
-template <int ROWS, int W, typename Tc, typename S, typename F>
+// Fills a shared tile dst[ROWS][LD] (row-major, Tc, W columns used) from global rows of `src`
+// (row r at src + r * stride, W contiguous elements), each row scaled by scale(r) in f32 and
+// rounded to Tc; rows r >= valid are zeros (and never read). With `vec` (src and stride 16-byte
+// aligned) in 16-byte pieces. NT threads share the work. LD > W pads each row so that the
+// fragment loads of consecutive rows fall in different shared-memory banks (a row of 64 bf16
+// is 128 bytes: unpadded, the 8 rows of an 8x8 fragment all start in bank 0).
+template <int ROWS, int W, int LD = W, int NT = kThreads, typename Tc, typename S, typename F>
 __device__ __forceinline__ void fill_tile(Tc* dst, const S* src, int64_t stride, int valid, bool vec,
                                           F scale) {
     constexpr int V = 16 / sizeof(S);
     static_assert(W % V == 0, "tile width must be a multiple of the vector width");
     if (vec) {
 #pragma unroll 2
-        for (int e = threadIdx.x * V; e < ROWS * W; e += kThreads * V) {
+        for (int e = threadIdx.x * V; e < ROWS * W; e += NT * V) {
             const int r = e / W, col = e % W;
             Pack<Tc, V> out;
             if (r < valid) {
@@ -120,13 +122,51 @@ __device__ __forceinline__ void fill_tile(Tc* dst, const S* src, int64_t stride,
 #pragma unroll
                 for (int i = 0; i < V; ++i) out.v[i] = fh1::from_f32<Tc>(0.f);
             }
-            *reinterpret_cast<Pack<Tc, V>*>(dst + e) = out;
+            *reinterpret_cast<Pack<Tc, V>*>(dst + r * LD + col) = out;
         }
     } else {
 #pragma unroll 2
-        for (int e = threadIdx.x; e < ROWS * W; e += kThreads) {
+        for (int e = threadIdx.x; e < ROWS * W; e += NT) {
             const int r = e / W, col = e % W;
-            dst[e] = fh1::from_f32<Tc>(r < valid ? fh1::to_f32(src[r * stride + col]) * scale(r) : 0.f);
+            dst[r * LD + col] = fh1::from_f32<Tc>(r < valid ? fh1::to_f32(src[r * stride + col]) * scale(r) : 0.f);
+        }
+    }
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte global -> shared copy that bypasses L1; valid = false writes 16 zero bytes, reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Copies a tile dst[ROWS][LD] (W columns used) from global rows of `src` (row r at src + r *
+// stride) without conversion: with `vec` (16-byte aligned rows) by cp.async, which the caller
+// commits and waits for; otherwise element by element (complete on return). Rows >= valid are
+// zeros.
+template <int ROWS, int W, int LD, int NT, typename Tc>
+__device__ __forceinline__ void copy_tile(Tc* dst, const Tc* src, int64_t stride, int valid, bool vec) {
+    constexpr int V = 16 / sizeof(Tc);
+    static_assert(W % V == 0 && LD % V == 0, "tile rows must be whole 16-byte pieces");
+    if (vec) {
+#pragma unroll 4
+        for (int e = threadIdx.x * V; e < ROWS * W; e += NT * V) {
+            const int r = e / W, col = e % W;
+            const bool ok = r < valid;
+            cp_async16(dst + r * LD + col, ok ? src + r * stride + col : src, ok);
+        }
+    } else {
+#pragma unroll 2
+        for (int e = threadIdx.x; e < ROWS * W; e += NT) {
+            const int r = e / W, col = e % W;
+            dst[r * LD + col] = r < valid ? src[r * stride + col] : fh1::from_f32<Tc>(0.f);
         }
     }
 }

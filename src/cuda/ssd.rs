@@ -11,6 +11,7 @@
 use super::params::SsdParams;
 use super::{cuda_err, Gpu, GpuDtype};
 use crate::error::{Error, Result};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
     CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
 };
@@ -450,11 +451,35 @@ impl Gpu {
         }
 
         // Per-dtype kernels; f32 runs the scalar tile code, one 64-column slice of P per block.
+        // FH1_SSD_LEGACY=1 picks the first forms (unpadded tiles, the 4-warp scan), kept to
+        // bisect a regression on the GPU; the default is the padded, 8-warp, two-stage form.
+        let legacy = ssd_legacy();
+        let v = if legacy { "" } else { "2" };
         let pt = if T::SUFFIX == "f32" { 64 } else { p };
-        let f_cb = self.function(&format!("ssd_chunk_cb_{}", T::SUFFIX))?;
-        let f_state = self.function(&format!("ssd_chunk_state_{}", T::SUFFIX))?;
+        let f_cb = self.function(&format!("ssd_chunk_cb{v}_{}", T::SUFFIX))?;
+        let f_state = self.function(&format!("ssd_chunk_state{v}_{}", T::SUFFIX))?;
         let f_pass = self.function(&format!("ssd_state_pass_{}", T::SUFFIX))?;
-        let f_scan = self.function(&format!("ssd_chunk_scan_{}_p{pt}", T::SUFFIX))?;
+        let scan_name = format!("ssd_chunk_scan{v}_{}_p{pt}", T::SUFFIX);
+        let f_scan = self.function(&scan_name)?;
+        let (scan_threads, scan_smem) = if legacy {
+            (128, 0)
+        } else {
+            let smem = scan2_smem_bytes(pt, std::mem::size_of::<T>());
+            f_scan
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(|e| {
+                    cuda_err(
+                        &format!(
+                            "{OP}: raising {scan_name}'s dynamic shared memory to {smem} bytes"
+                        ),
+                        e,
+                    )
+                })?;
+            (256, smem)
+        };
 
         let s = &self.stream;
         let (ip, _guards) = input_ptrs(inp, s);
@@ -534,8 +559,8 @@ impl Gpu {
         };
         let cfg_scan = LaunchConfig {
             grid_dim: ((nc * (q / 64)) as u32, h as u32, (p / pt) as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            block_dim: (scan_threads, 1, 1),
+            shared_mem_bytes: scan_smem,
         };
         // SAFETY: every buffer's extent was checked above against what the kernels index: x, dt,
         // b, c read rows 0..T of their strided views (T = cu_seqlens[batch], and every chunk in
@@ -566,6 +591,20 @@ impl Gpu {
         }
         Ok(())
     }
+}
+
+/// `FH1_SSD_LEGACY=1` in the environment: the launcher runs the first forms of the kernels.
+fn ssd_legacy() -> bool {
+    std::env::var_os("FH1_SSD_LEGACY").is_some_and(|v| v == "1")
+}
+
+/// Dynamic shared memory of `ssd_chunk_scan2_*_p{pt}` (kernels/ssd.cu `Scan2::kBytes`): two
+/// stages of a C tile `[64][72]` and an S tile `[pt][72]` in the element type, or the f32
+/// output tile `[64][pt + 4]`, whichever is larger.
+fn scan2_smem_bytes(pt: usize, elem: usize) -> u32 {
+    let stages = 2 * (64 + pt) * 72 * elem;
+    let out = 64 * (pt + 4) * 4;
+    stages.max(out) as u32
 }
 
 /// Largest `P * N` of [`Gpu::ssd_scan_reference`] (its state lives in 48 KB of shared memory).

@@ -46,6 +46,10 @@ struct Case<'a> {
     init: bool,
     with_d: bool,
     dt_limit: (f32, f32),
+    /// Extra columns after x | B | C in each row of the packed input: `XBC_PAD` (odd, so rows
+    /// are not 16-byte aligned and the kernels load element by element) or `XBC_PAD_ALIGNED`
+    /// (16-byte aligned rows: the vector and cp.async loads).
+    xbc_pad: usize,
 }
 
 const BASE: Case = Case {
@@ -58,6 +62,7 @@ const BASE: Case = Case {
     init: false,
     with_d: true,
     dt_limit: (0.0, f32::INFINITY),
+    xbc_pad: XBC_PAD,
 };
 
 /// Host-side inputs of one case, already rounded to `T`.
@@ -73,6 +78,7 @@ struct Host {
 }
 
 const XBC_PAD: usize = 3;
+const XBC_PAD_ALIGNED: usize = 8;
 const DT_PAD: usize = 5;
 const DT_OFF: usize = 2;
 
@@ -80,7 +86,7 @@ fn make<T: GpuDtype>(c: &Case, seed: u64) -> Host {
     let mut rng = StdRng::seed_from_u64(seed);
     let (h, p, g, n) = (c.heads, c.head_dim, c.groups, c.state);
     let t: usize = c.lens.iter().sum();
-    let w = h * p + 2 * g * n + XBC_PAD;
+    let w = h * p + 2 * g * n + c.xbc_pad;
     let xbc = round::<T>(uniform(&mut rng, t * w, -1.0, 1.0));
     // Realistic steps: softplus(randn - 4 + small bias) ~ 0.02.
     let dtp = round::<T>(
@@ -113,7 +119,7 @@ fn make<T: GpuDtype>(c: &Case, seed: u64) -> Host {
 /// The CPU reference, sequence by sequence: (y [T, H, P], state after the call [slots, H, P, N]).
 fn reference(c: &Case, hs: &Host) -> (Vec<f32>, Vec<f32>) {
     let (h, p, g, n) = (c.heads, c.head_dim, c.groups, c.state);
-    let w = h * p + 2 * g * n + XBC_PAD;
+    let w = h * p + 2 * g * n + c.xbc_pad;
     let per = h * p * n;
     let mut y = Vec::with_capacity(hs.t * h * p);
     let mut state = hs.state0.clone();
@@ -181,7 +187,7 @@ fn run_gpu_with<T: GpuDtype>(
     reference_scan: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let (h, p, g, n) = (c.heads, c.head_dim, c.groups, c.state);
-    let w = h * p + 2 * g * n + XBC_PAD;
+    let w = h * p + 2 * g * n + c.xbc_pad;
     let xbc = gp.upload(&to_t::<T>(&hs.xbc)).unwrap();
     let dtp = gp.upload(&to_t::<T>(&hs.dtp)).unwrap();
     let dt_bias = gp.upload(&to_t::<T>(&hs.dt_bias)).unwrap();
@@ -345,6 +351,75 @@ fn cases() -> Vec<Case<'static>> {
             groups: 3,
             ..BASE
         },
+        // The 7B and 0.5B head shapes with 16-byte aligned rows (the cp.async and vector paths):
+        // several sequences, lengths that are not multiples of the chunk, G = 2, initial states.
+        Case {
+            lens: &[300, 129, 64],
+            chunk: 128,
+            head_dim: 128,
+            state: 256,
+            groups: 2,
+            init: true,
+            xbc_pad: XBC_PAD_ALIGNED,
+            ..BASE
+        },
+        Case {
+            lens: &[1, 513, 127],
+            chunk: 128,
+            head_dim: 64,
+            state: 128,
+            init: true,
+            xbc_pad: XBC_PAD_ALIGNED,
+            ..BASE
+        },
+        Case {
+            lens: &[1000],
+            chunk: 256,
+            head_dim: 128,
+            state: 256,
+            groups: 2,
+            init: true,
+            xbc_pad: XBC_PAD_ALIGNED,
+            ..BASE
+        },
+        Case {
+            lens: &[190, 77],
+            chunk: 64,
+            head_dim: 128,
+            state: 256,
+            heads: 6,
+            groups: 3,
+            with_d: false,
+            xbc_pad: XBC_PAD_ALIGNED,
+            ..BASE
+        },
+        Case {
+            lens: &[257, 2],
+            chunk: 128,
+            head_dim: 64,
+            state: 128,
+            groups: 2,
+            xbc_pad: XBC_PAD_ALIGNED,
+            ..BASE
+        },
+        // The same head shapes with unaligned rows (element-by-element loads).
+        Case {
+            lens: &[300, 5],
+            chunk: 128,
+            head_dim: 128,
+            state: 256,
+            groups: 2,
+            init: true,
+            ..BASE
+        },
+        Case {
+            lens: &[129, 250],
+            chunk: 128,
+            head_dim: 64,
+            state: 128,
+            init: true,
+            ..BASE
+        },
     ]
 }
 
@@ -386,7 +461,7 @@ fn split_prefill<T: GpuDtype>(tol: f64) {
     let (y_one, st_one) = run_gpu::<T>(&gp, &whole, &hs, &hs.state0);
     // The same tokens as two sequences of one "batch" each, run one after the other.
     let (h, p, g, n) = (whole.heads, whole.head_dim, whole.groups, whole.state);
-    let w = h * p + 2 * g * n + XBC_PAD;
+    let w = h * p + 2 * g * n + whole.xbc_pad;
     let mut y_two = Vec::new();
     let mut state = hs.state0.clone();
     for (lo, len) in [(0usize, 170usize), (170, 130)] {
