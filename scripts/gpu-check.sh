@@ -29,7 +29,8 @@ run() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
   if [ "${FIGURES:-0}" != 1 ]; then
     for t in .gpu-bundle/tests/gpu-*; do
-      T=240 run "$t" ${FILTER:+"$FILTER"} 2>&1 | tee /tmp/gpu-tests.log
+      T=240 run "$t" ${FILTER:+"$FILTER"} > /tmp/gpu-tests.log 2>&1
+      cat /tmp/gpu-tests.log
       # A new kernel path that fails its tests: fall back to the verified one for the figures
       # (and check that one), so that one device call still yields numbers.
       if grep -q "^test cuda_attention::.* FAILED" /tmp/gpu-tests.log; then
@@ -40,7 +41,8 @@ run() {
       if grep -q "^test cuda_ssd::.* FAILED" /tmp/gpu-tests.log; then
         export FH1_SSD_STATE=2
         echo "!! SSD tests failed: FH1_SSD_STATE=2 from here on"
-        T=60 run "$t" cuda_ssd 2>&1 | tee /tmp/gpu-ssd.log
+        T=60 run "$t" cuda_ssd > /tmp/gpu-ssd.log 2>&1
+        cat /tmp/gpu-ssd.log
         if grep -q "^test cuda_ssd::.* FAILED" /tmp/gpu-ssd.log; then
           export FH1_SSD_LEGACY=1
           echo "!! SSD tests failed again: FH1_SSD_LEGACY=1 from here on"
