@@ -80,5 +80,7 @@ run() {
     T=200 run $cli bench --preset 7b --prompt-len 262144 --decode-tokens 8
   fi
   echo "gpu-check exit status: $status"
+  echo "$status" > /tmp/gpu-check.status
 } 2>&1 | tee "$log"
-exit $status
+# The block above ran in a pipeline's subshell: its status comes back through a file.
+exit "$(cat /tmp/gpu-check.status 2>/dev/null || echo 1)"
