@@ -102,6 +102,10 @@ struct BenchArgs {
     /// Decode with plain launches instead of a replayed CUDA graph.
     #[arg(long)]
     no_graph: bool,
+    /// Timed prefills (each into a fresh cache); the median is reported. Default: 3, or 1 for
+    /// prompts of 65536 tokens or more.
+    #[arg(long)]
+    reps: Option<usize>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -482,37 +486,56 @@ fn bench_on<B: Backend + 'static>(be: B, cfg: Config, a: &BenchArgs) -> Result<b
         .collect();
     let slots: Vec<usize> = (0..a.batch).collect();
 
-    // Warm-up: kernels loaded, GEMM heuristics cached, on a small cache that is then dropped.
+    // Warm-up at the timed shapes (kernels loaded, every GEMM shape of a chunk and of a decode
+    // step tuned and cached), on a cache that is then dropped: one chunk's worth of each prompt,
+    // then one decode step.
+    let chunk = if a.chunk == 0 { a.prompt_len } else { a.chunk };
     {
-        let mut warm = m.new_cache(a.batch, 130)?;
-        let short: Vec<&[u32]> = prompts.iter().map(|p| &p[..p.len().min(128)]).collect();
+        let warm_len = chunk.min(a.prompt_len).max(1);
+        let mut warm = m.new_cache(a.batch, warm_len + 2)?;
+        let short: Vec<&[u32]> = prompts
+            .iter()
+            .map(|p| &p[..p.len().min(warm_len)])
+            .collect();
         m.forward(&short, &slots, &mut warm, Logits::Last, false)?;
         let one: Vec<[u32; 1]> = (0..a.batch).map(|_| [1]).collect();
         let one: Vec<&[u32]> = one.iter().map(|t| t.as_slice()).collect();
         m.forward(&one, &slots, &mut warm, Logits::Last, false)?;
     }
 
-    let mut cache = m.new_cache(a.batch, a.prompt_len + a.decode_tokens.max(1))?;
-    let chunk = if a.chunk == 0 { a.prompt_len } else { a.chunk };
-    let t1 = Instant::now();
+    let reps = a
+        .reps
+        .unwrap_or(if a.prompt_len >= 65536 { 1 } else { 3 })
+        .max(1);
+    let mut times = Vec::with_capacity(reps);
     let mut logits = None;
-    let mut start = 0;
-    while start < a.prompt_len {
-        let end = (start + chunk).min(a.prompt_len);
-        let part: Vec<&[u32]> = prompts.iter().map(|p| &p[start..end]).collect();
-        let mode = if end == a.prompt_len {
-            Logits::Last
-        } else {
-            Logits::None
-        };
-        logits = m.forward(&part, &slots, &mut cache, mode, false)?.logits;
-        start = end;
+    let mut cache = None;
+    for _ in 0..reps {
+        // The previous repetition's cache is freed before the next one is made.
+        cache = None;
+        let c = cache.insert(m.new_cache(a.batch, a.prompt_len + a.decode_tokens.max(1))?);
+        let t1 = Instant::now();
+        let mut start = 0;
+        while start < a.prompt_len {
+            let end = (start + chunk).min(a.prompt_len);
+            let part: Vec<&[u32]> = prompts.iter().map(|p| &p[start..end]).collect();
+            let mode = if end == a.prompt_len {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            logits = m.forward(&part, &slots, c, mode, false)?.logits;
+            start = end;
+        }
+        times.push(t1.elapsed().as_secs_f64());
     }
-    let prefill = t1.elapsed().as_secs_f64();
+    let mut cache = cache.expect("at least one repetition");
+    times.sort_by(f64::total_cmp);
+    let prefill = times[times.len() / 2];
     let total = a.batch * a.prompt_len;
     let chunks = a.prompt_len.div_ceil(chunk);
     println!(
-        "prefill: {} x {} tokens ({chunks} chunk(s) of {chunk}) in {:.1} ms: {:.0} tokens/s",
+        "prefill: {} x {} tokens ({chunks} chunk(s) of {chunk}) in {:.1} ms (median of {reps}): {:.0} tokens/s",
         a.batch,
         a.prompt_len,
         prefill * 1e3,
