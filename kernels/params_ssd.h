@@ -5,7 +5,8 @@
 // Mamba-2 SSD chunked prefill over a packed varlen batch, in four launches that share this struct:
 //   ssd_chunk_cb_<dt>      per (chunk, group, 64x64 tile on or below the diagonal): C B^T -> cb
 //                          (f32), computed once per group and read by each of its H/G heads;
-//   ssd_chunk_state_<dt>   per (chunk, head, 64x64 tile of [P, N]): the chunk's own state
+//   ssd_chunk_state3_<dt>_n<N> per (chunk, head, 64 rows of P) over all N (ssd_chunk_state2_<dt>
+//                          and ssd_chunk_state_<dt>: per 64x64 tile of [P, N]): the chunk's own state
 //                          S_c = sum_t exp(cum_end - cum_t) dt_t x_t^T B_t -> chunk_states (in the
 //                          input dtype), and cum_end (the chunk's total log decay) -> chunk_cum_end;
 //   ssd_state_pass_<dt>    per (sequence, head, slice of P*N): S_in(c+1) = exp(cum_end(c)) S_in(c)

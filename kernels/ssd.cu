@@ -570,6 +570,255 @@ __device__ __forceinline__ void chunk_scan2(const SsdParams& p, unsigned char* s
     }
 }
 
+
+// ---- Chunk states, third form (the default; FH1_SSD_STATE=2 picks chunk_state<T, kLd>) ----
+// One block of 8 warps per (chunk, head, 64-row tile of P) covering all of N, so the chunk's
+// cumsum and decay weights are computed once per block instead of once per 64 x 64 tile. The
+// chunk's tokens (the K dimension) stream in steps of KT through NS = 3 stages: B by cp.async
+// two steps ahead, x through registers one step ahead, scaled there by w_t = dt_t exp(cum_end -
+// cum_t) and rounded to Tc on the way to shared memory (x is the smaller operand). One barrier
+// per step: stage k + 2 (B) and k + 1 (x) are written while the warps multiply stage k. Tokens
+// past the chunk's length are zeros in both tiles (and w = 0 there).
+// bf16/f16: the warps 2 (rows of P) x 4 (columns of N), mma.sync m16n8k16 fed by ldmatrix.trans
+// from padded rows (16 bytes a row: no bank conflicts), f32 accumulators, S_c rounded to Tc
+// through shared memory and written in 16-byte stores. f32: exact scalar FMAs in token order,
+// each thread 8 rows x N/32 columns, written straight from registers (8-byte, coalesced).
+constexpr int kStateThreads = 256;
+constexpr int kStateStages = 3;
+
+template <typename Tc, int N> struct State3 {
+    static constexpr bool kF32 = std::is_same<Tc, float>::value;
+    static constexpr int KT = kF32 ? 16 : 32;                 // tokens per step
+    static constexpr int kPad = 16 / (int)sizeof(Tc);         // 16 bytes a row
+    static constexpr int kLdX = kTile + kPad;                 // x tile [KT][kLdX]
+    static constexpr int kLdB = N + kPad;                     // B tile [KT][kLdB]
+    static constexpr int kStage = KT * (kLdX + kLdB);         // elements
+    static constexpr int kStagesBytes = kStateStages * kStage * (int)sizeof(Tc);
+    static constexpr int kLdO = N + kPad;                     // Tc output tile [64][kLdO]
+    static constexpr int kOutBytes = kF32 ? 0 : kTile * kLdO * (int)sizeof(Tc);
+    // Dynamic shared memory of the launch (src/cuda/ssd.rs computes the same figure).
+    static constexpr int kBytes = kStagesBytes > kOutBytes ? kStagesBytes : kOutBytes;
+    static constexpr int V = 16 / (int)sizeof(Tc);
+    static_assert(KT * kTile / V == kStateThreads, "one 16-byte piece of x a thread and step");
+    static_assert((KT * N / V) % kStateThreads == 0, "whole 16-byte pieces of B a thread");
+};
+
+// One thread's 16-byte piece of the step's x tile (row threadIdx / (64 / V)), held in registers
+// from its load to its scaled store.
+template <typename Tc> struct XPiece {
+    static constexpr int V = 16 / sizeof(Tc);
+    uint4 u;
+    __device__ __forceinline__ int row() const { return threadIdx.x / (kTile / V); }
+    __device__ __forceinline__ int col() const { return (threadIdx.x % (kTile / V)) * V; }
+    // With vec: a 16-byte load of row < valid (zeros beyond). Without, store() reads.
+    __device__ __forceinline__ void load(const Tc* src, int64_t stride, int valid, bool vec) {
+        if (!vec) return;
+        const int r = row();
+        u = r < valid ? *reinterpret_cast<const uint4*>(src + r * stride + col()) : make_uint4(0, 0, 0, 0);
+    }
+    // dst[r][col..] = x[r][col..] * w[r] rounded to Tc (rows >= valid: 0).
+    __device__ __forceinline__ void store(Tc* dst, int ld, const Tc* src, int64_t stride, int valid, bool vec,
+                                          const float* w) {
+        const int r = row(), c = col();
+        const float sc = r < valid ? w[r] : 0.f;
+        Tc in[V];
+        if (vec) {
+            *reinterpret_cast<uint4*>(in) = u;
+        } else {
+#pragma unroll
+            for (int i = 0; i < V; ++i) in[i] = r < valid ? src[r * stride + c + i] : fh1::from_f32<Tc>(0.f);
+        }
+        Pack<Tc, V> out;
+#pragma unroll
+        for (int i = 0; i < V; ++i) out.v[i] = fh1::from_f32<Tc>(fh1::to_f32(in[i]) * sc);
+        *reinterpret_cast<Pack<Tc, V>*>(dst + r * ld + c) = out;
+    }
+};
+
+// The accumulators of one thread and their products over one step (KT tokens) of a stage.
+template <typename Tc, int N, bool F32 = std::is_same<Tc, float>::value> struct StateAcc;
+
+// bf16/f16: warp (wr, wc) owns rows wr * 32 .. +32 of the P tile and columns wc * N/4 .. +N/4.
+template <typename Tc, int N> struct StateAcc<Tc, N, false> {
+    static constexpr int WN = N / 4, NF = WN / 8;  // columns a warp, n8 fragments
+    using L = State3<Tc, N>;
+    float d[2][NF][4];
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int f = 0; f < NF; ++f)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) d[i][f][q] = 0.f;
+    }
+    // d += X'^T B over the step: A = X'^T (element (p, t) at sX[t][p]), B (element (t, n) at
+    // sB[t][n]); both stored k-major, so both come through ldmatrix.trans.
+    __device__ __forceinline__ void step(const Tc* sX, const Tc* sB) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wr = warp >> 2, wc = warp & 3;
+        const int j = lane >> 3, r = lane & 7;
+        // A: matrix j covers p 8 (j & 1) .., t 8 (j >> 1) ..; B: t 8 (j & 1) .., n 8 (j >> 1) ...
+        const Tc* xa = sX + (r + (j >> 1) * 8) * L::kLdX + wr * 32 + (j & 1) * 8;
+        const Tc* ba = sB + (r + (j & 1) * 8) * L::kLdB + wc * WN + (j >> 1) * 8;
+#pragma unroll
+        for (int kk = 0; kk < L::KT; kk += 16) {
+            uint32_t a[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) ldmatrix_x4_trans(a[i], xa + kk * L::kLdX + i * 16);
+#pragma unroll
+            for (int f = 0; f < NF; f += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, ba + kk * L::kLdB + f * 8);
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    mma16816<Tc>(d[i][f], a[i], b[0], b[1]);
+                    mma16816<Tc>(d[i][f + 1], a[i], b[2], b[3]);
+                }
+            }
+        }
+    }
+    // S_c (rows of the P tile, all N columns) -> out [64][N] (row stride N), rounded to Tc,
+    // through the shared tile sO [64][kLdO].
+    __device__ __forceinline__ void write(Tc* sO, Tc* out) const {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wr = warp >> 2, wc = warp & 3;
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int f = 0; f < NF; ++f)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    Pack<Tc, 2> v;
+                    v.v[0] = fh1::from_f32<Tc>(d[i][f][2 * h]);
+                    v.v[1] = fh1::from_f32<Tc>(d[i][f][2 * h + 1]);
+                    *reinterpret_cast<Pack<Tc, 2>*>(sO + (wr * 32 + i * 16 + h * 8 + g) * L::kLdO + wc * WN +
+                                                    f * 8 + t2) = v;
+                }
+        __syncthreads();
+        constexpr int V = L::V;
+#pragma unroll 4
+        for (int e = threadIdx.x * V; e < kTile * N; e += kStateThreads * V) {
+            const int r = e / N, col = e % N;
+            *reinterpret_cast<uint4*>(out + (int64_t)r * N + col) =
+                *reinterpret_cast<const uint4*>(sO + r * L::kLdO + col);
+        }
+    }
+};
+
+// f32: thread (warp, lane) owns rows warp * 8 .. +8 and the column pairs lane * 2 + 64 j (a warp
+// reads and writes 64 consecutive columns at a time: no bank conflicts, coalesced stores).
+template <int N> struct StateAcc<float, N, true> {
+    static constexpr int NJ = N / 64;
+    using L = State3<float, N>;
+    float d[8][NJ][2];
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) d[i][j][0] = d[i][j][1] = 0.f;
+    }
+    __device__ __forceinline__ void step(const float* sX, const float* sB) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll 2
+        for (int k = 0; k < L::KT; ++k) {
+            float xv[8];
+            float2 bv[NJ];
+#pragma unroll
+            for (int i = 0; i < 8; i += 4)
+                *reinterpret_cast<float4*>(xv + i) = *reinterpret_cast<const float4*>(sX + k * L::kLdX + warp * 8 + i);
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) bv[j] = *reinterpret_cast<const float2*>(sB + k * L::kLdB + j * 64 + lane * 2);
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < NJ; ++j) {
+                    d[i][j][0] = fmaf(xv[i], bv[j].x, d[i][j][0]);
+                    d[i][j][1] = fmaf(xv[i], bv[j].y, d[i][j][1]);
+                }
+        }
+    }
+    __device__ __forceinline__ void write(float*, float* out) const {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < NJ; ++j)
+                *reinterpret_cast<float2*>(out + (int64_t)(warp * 8 + i) * N + j * 64 + lane * 2) =
+                    make_float2(d[i][j][0], d[i][j][1]);
+    }
+};
+
+// The figures src/cuda/ssd.rs `state3_smem_bytes` computes (its unit test checks the same).
+static_assert(State3<__nv_bfloat16, 256>::kBytes == 64512 && State3<__half, 128>::kBytes == 39936 &&
+                  State3<__half, 64>::kBytes == 27648 && State3<float, 256>::kBytes == 62976 &&
+                  State3<float, 128>::kBytes == 38400 && State3<float, 64>::kBytes == 26112,
+              "State3 shared-memory sizes changed: update state3_smem_bytes in src/cuda/ssd.rs");
+
+template <typename T, int N>
+__device__ __forceinline__ void chunk_state3(const SsdParams& p, unsigned char* smem) {
+    using Tc = T;
+    using L = State3<Tc, N>;
+    constexpr int NT = kStateThreads, NS = kStateStages, KT = L::KT;
+    const int c = blockIdx.x, h = blockIdx.y, pt = blockIdx.z;
+    const int H = (int)p.heads, P = (int)p.head_dim;
+    const int* info = static_cast<const int*>(p.chunk_info);
+    const int64_t tok0 = info[2 * c];
+    const int len = info[2 * c + 1];
+    const int g = h / (H / (int)p.groups);
+    const bool vec = p.vec_loads != 0;
+    const int n_steps = (len + KT - 1) / KT;
+
+    __shared__ float s_dt[kMaxChunk], s_cum[kMaxChunk], s_w[kMaxChunk];
+    Tc* const stages = reinterpret_cast<Tc*>(smem);
+    auto sx = [&](int k) { return stages + (k % NS) * L::kStage; };
+    auto sb = [&](int k) { return stages + (k % NS) * L::kStage + KT * L::kLdX; };
+
+    const int64_t xs = p.x_row_stride, bs = p.b_row_stride;
+    const T* xg = static_cast<const T*>(p.x) + (int64_t)h * P + pt * kTile + tok0 * xs;
+    const T* bg = static_cast<const T*>(p.b) + (int64_t)g * N + tok0 * bs;
+    // B of steps 0 .. NS-2 (one commit group each, empty past the chunk) and x of step 0 in
+    // flight during the cumsum.
+#pragma unroll
+    for (int k = 0; k < NS - 1; ++k) {
+        if (k < n_steps) copy_tile<KT, N, L::kLdB, NT>(sb(k), bg + (int64_t)k * KT * bs, bs, len - k * KT, vec);
+        cp_async_commit();
+    }
+    XPiece<Tc> xr;
+    xr.load(xg, xs, len, vec);
+
+    chunk_cumsum<T>(p, tok0, len, h, s_dt, s_cum);
+    __syncthreads();
+    const float cum_end = s_cum[len - 1];
+    for (int i = threadIdx.x; i < (int)p.chunk_size; i += NT)
+        s_w[i] = i < len ? s_dt[i] * expf(fminf(cum_end - s_cum[i], 0.f)) : 0.f;
+    if (pt == 0 && threadIdx.x == 0) static_cast<float*>(p.chunk_cum_end)[(int64_t)c * H + h] = cum_end;
+    __syncthreads();
+    xr.store(sx(0), L::kLdX, xg, xs, len, vec, s_w);
+
+    StateAcc<Tc, N> acc;
+    acc.zero();
+#pragma unroll 1
+    for (int k = 0; k < n_steps; ++k) {
+        cp_async_wait<NS - 2>();  // B of step k has landed (this thread's part)
+        __syncthreads();          // ... everyone's, and x of step k; stage k - 1 is free
+        const int kn = k + NS - 1;
+        if (kn < n_steps)
+            copy_tile<KT, N, L::kLdB, NT>(sb(kn), bg + (int64_t)kn * KT * bs, bs, len - kn * KT, vec);
+        cp_async_commit();
+        const bool more = k + 1 < n_steps;
+        const T* xn = xg + (int64_t)(k + 1) * KT * xs;
+        const int xvalid = len - (k + 1) * KT;
+        if (more) xr.load(xn, xs, xvalid, vec);
+        acc.step(sx(k), sb(k));
+        // Stage k + 1 was last read at step k + 1 - NS <= k - 2, before this step's barrier.
+        if (more) xr.store(sx(k + 1), L::kLdX, xn, xs, xvalid, vec, s_w + (k + 1) * KT);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the stages: they become the output tile
+
+    Tc* out = static_cast<Tc*>(p.chunk_states) + (((int64_t)c * H + h) * P + pt * kTile) * N;
+    acc.write(stages, out);
+}
+
 }  // namespace ssd
 }  // namespace
 
@@ -609,3 +858,18 @@ SSD_SCAN2(ssd_chunk_scan2_bf16_p128, __nv_bfloat16, 128)
 SSD_SCAN2(ssd_chunk_scan2_f16_p64, __half, 64)
 SSD_SCAN2(ssd_chunk_scan2_f16_p128, __half, 128)
 #undef SSD_SCAN2
+#define SSD_STATE3(name, T, N)                                                          \
+    extern "C" __global__ void __launch_bounds__(ssd::kStateThreads, 2) name(SsdParams p) { \
+        extern __shared__ __align__(128) unsigned char ssd_state3_smem[];               \
+        ssd::chunk_state3<T, N>(p, ssd_state3_smem);                                    \
+    }
+SSD_STATE3(ssd_chunk_state3_f32_n64, float, 64)
+SSD_STATE3(ssd_chunk_state3_f32_n128, float, 128)
+SSD_STATE3(ssd_chunk_state3_f32_n256, float, 256)
+SSD_STATE3(ssd_chunk_state3_bf16_n64, __nv_bfloat16, 64)
+SSD_STATE3(ssd_chunk_state3_bf16_n128, __nv_bfloat16, 128)
+SSD_STATE3(ssd_chunk_state3_bf16_n256, __nv_bfloat16, 256)
+SSD_STATE3(ssd_chunk_state3_f16_n64, __half, 64)
+SSD_STATE3(ssd_chunk_state3_f16_n128, __half, 128)
+SSD_STATE3(ssd_chunk_state3_f16_n256, __half, 256)
+#undef SSD_STATE3

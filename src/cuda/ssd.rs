@@ -457,7 +457,35 @@ impl Gpu {
         let v = if legacy { "" } else { "2" };
         let pt = if T::SUFFIX == "f32" { 64 } else { p };
         let f_cb = self.function(&format!("ssd_chunk_cb{v}_{}", T::SUFFIX))?;
-        let f_state = self.function(&format!("ssd_chunk_state{v}_{}", T::SUFFIX))?;
+        // Chunk states: by default the third form (one 8-warp block per chunk, head and 64 rows of
+        // P over all of N, tokens streamed through three stages); FH1_SSD_STATE=2 picks the
+        // second (one 4-warp block per 64 x 64 tile), FH1_SSD_LEGACY=1 the first.
+        let state3 = !legacy && !ssd_state2();
+        let state_name = if state3 {
+            format!("ssd_chunk_state3_{}_n{n}", T::SUFFIX)
+        } else {
+            format!("ssd_chunk_state{v}_{}", T::SUFFIX)
+        };
+        let f_state = self.function(&state_name)?;
+        let (state_threads, state_smem, state_tiles) = if state3 {
+            let smem = state3_smem_bytes(n, std::mem::size_of::<T>());
+            f_state
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(|e| {
+                    cuda_err(
+                        &format!(
+                            "{OP}: raising {state_name}'s dynamic shared memory to {smem} bytes"
+                        ),
+                        e,
+                    )
+                })?;
+            (256, smem, p / 64)
+        } else {
+            (128, 0, (p / 64) * (n / 64))
+        };
         let f_pass = self.function(&format!("ssd_state_pass_{}", T::SUFFIX))?;
         let scan_name = format!("ssd_chunk_scan{v}_{}_p{pt}", T::SUFFIX);
         let f_scan = self.function(&scan_name)?;
@@ -543,9 +571,9 @@ impl Gpu {
             shared_mem_bytes: 0,
         };
         let cfg_state = LaunchConfig {
-            grid_dim: (nc as u32, h as u32, ((p / 64) * (n / 64)) as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: (nc as u32, h as u32, state_tiles as u32),
+            block_dim: (state_threads, 1, 1),
+            shared_mem_bytes: state_smem,
         };
         let cfg_pass = LaunchConfig {
             // One thread per 16 bytes of chunk state.
@@ -596,6 +624,23 @@ impl Gpu {
 /// `FH1_SSD_LEGACY=1` in the environment: the launcher runs the first forms of the kernels.
 fn ssd_legacy() -> bool {
     std::env::var_os("FH1_SSD_LEGACY").is_some_and(|v| v == "1")
+}
+
+/// `FH1_SSD_STATE=2` in the environment: the launcher runs the second form of the chunk-state
+/// kernel (`ssd_chunk_state2_*`, one block per 64 x 64 tile) instead of the third.
+fn ssd_state2() -> bool {
+    std::env::var_os("FH1_SSD_STATE").is_some_and(|v| v == "2")
+}
+
+/// Dynamic shared memory of `ssd_chunk_state3_*_n{n}` (kernels/ssd.cu `State3::kBytes`): three
+/// stages of an x tile `[kt][64 + pad]` and a B tile `[kt][n + pad]` in the element type (kt = 32
+/// tokens for 16-bit types, 16 for f32; pad = 16 bytes), or for 16-bit types the output tile
+/// `[64][n + pad]`, whichever is larger.
+fn state3_smem_bytes(n: usize, elem: usize) -> u32 {
+    let (kt, pad) = (if elem == 4 { 16 } else { 32 }, 16 / elem);
+    let stages = 3 * kt * (64 + pad + n + pad) * elem;
+    let out = if elem == 4 { 0 } else { 64 * (n + pad) * elem };
+    stages.max(out) as u32
 }
 
 /// Dynamic shared memory of `ssd_chunk_scan2_*_p{pt}` (kernels/ssd.cu `Scan2::kBytes`): two
@@ -715,5 +760,21 @@ impl Gpu {
         // launch is enqueued (and the uploads are ordered before it on the same stream).
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err(&format!("launching {OP}"), e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures of kernels/ssd.cu `State3::kBytes` (static_assert there).
+    #[test]
+    fn state3_smem_matches_the_kernel() {
+        assert_eq!(state3_smem_bytes(256, 2), 64512);
+        assert_eq!(state3_smem_bytes(128, 2), 39936);
+        assert_eq!(state3_smem_bytes(64, 2), 27648);
+        assert_eq!(state3_smem_bytes(256, 4), 62976);
+        assert_eq!(state3_smem_bytes(128, 4), 38400);
+        assert_eq!(state3_smem_bytes(64, 4), 26112);
     }
 }
