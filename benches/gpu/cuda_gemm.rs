@@ -3,6 +3,10 @@
 //! ceilings of PERF.md (H200: 759 TFLOP/s bf16 GEMM, 4.15 TB/s copy). Plain `fn main()` bench
 //! (harness = false): `cargo bench --features cuda --bench gpu -- cuda_gemm`.
 //!
+//! Every projection is timed twice: `linear_bf16` with the tuned algorithm (what
+//! `Gpu::linear_into` runs; the shape is tuned in the warm-up), `linear_bf16_heuristic` with
+//! cuBLASLt's first heuristic choice (as before tuning; `GemmTune::Heuristic`).
+//!
 //! Each figure is the median of 15 samples after warm-up; a sample times 10 back-to-back calls
 //! between two CUDA events (so launch overhead counts only where the host cannot keep ahead of
 //! the GPU, as at decode). Decode GEMMs cycle through enough copies of the weights (at least
@@ -13,6 +17,7 @@ pub fn run() {
     use cudarc::driver::sys::CUevent_flags;
     use falcon_h1_kernels::config::{Config, Preset};
     use falcon_h1_kernels::cuda::conv1d::Strided;
+    use falcon_h1_kernels::cuda::gemm::GemmTune;
     use falcon_h1_kernels::cuda::{CudaSlice, Gpu};
     use half::bf16;
     use rand::rngs::StdRng;
@@ -97,45 +102,62 @@ pub fn run() {
             } else {
                 g.zeros::<bf16>(rows * n).unwrap()
             };
-            let ms = time(&mut |i| {
-                g.linear_into(
-                    Strided::dense(&x, k),
-                    &ws[i % copies],
-                    &mut out,
-                    rows,
-                    k,
-                    n,
-                    acc,
-                )
-                .unwrap()
-            });
+            // cuBLASLt's first heuristic choice (as before tuning), then the tuned algorithm
+            // (what `linear_into` runs: the first warm-up call tunes the shape).
+            let mut ms_of = |tune: GemmTune| {
+                time(&mut |i| {
+                    g.linear_into_with(
+                        Strided::dense(&x, k),
+                        &ws[i % copies],
+                        &mut out,
+                        rows,
+                        k,
+                        n,
+                        acc,
+                        tune,
+                    )
+                    .unwrap()
+                })
+            };
+            let heuristic_ms = ms_of(GemmTune::Heuristic);
+            let ms = ms_of(GemmTune::Auto);
             let flops = 2.0 * (rows * k * n) as f64;
-            let tflops = flops / ms / 1e9;
-            let gbps = wbytes as f64 / ms / 1e6;
             let shape = format!(
                 "7B {name} {label}: x [{rows}, {k}] · w [{n}, {k}]^T{}",
                 if acc { " + residual (beta 1)" } else { "" }
             );
-            if decode {
-                println!(
-                    "linear_bf16 {shape}: {ms:.4} ms, {tflops:.1} TFLOP/s, {gbps:.0} GB/s of \
-                     weights ({:.0}% of {COPY_TBPS} TB/s)",
-                    gbps / 10.0 / COPY_TBPS
-                );
-                println!(
-                    "BENCH {{\"name\":\"linear_bf16\",\"shape\":\"{shape}\",\"ms\":{ms:.5},\
-                     \"gbps\":{gbps:.1},\"tflops\":{tflops:.2}}}"
-                );
-            } else {
-                println!(
-                    "linear_bf16 {shape}: {ms:.4} ms, {tflops:.1} TFLOP/s ({:.0}% of \
-                     {GEMM_TFLOPS})",
-                    tflops / GEMM_TFLOPS * 100.0
-                );
-                println!(
-                    "BENCH {{\"name\":\"linear_bf16\",\"shape\":\"{shape}\",\"ms\":{ms:.5},\
-                     \"gbps\":null,\"tflops\":{tflops:.2}}}"
-                );
+            for (bench, ms) in [("linear_bf16", ms), ("linear_bf16_heuristic", heuristic_ms)] {
+                let tflops = flops / ms / 1e9;
+                let gbps = wbytes as f64 / ms / 1e6;
+                let vs = if bench == "linear_bf16" {
+                    format!(
+                        " [tuned: {:.2}x cuBLASLt's first heuristic choice]",
+                        heuristic_ms / ms
+                    )
+                } else {
+                    String::new()
+                };
+                if decode {
+                    println!(
+                        "{bench} {shape}: {ms:.4} ms, {tflops:.1} TFLOP/s, {gbps:.0} GB/s of \
+                         weights ({:.0}% of {COPY_TBPS} TB/s){vs}",
+                        gbps / 10.0 / COPY_TBPS
+                    );
+                    println!(
+                        "BENCH {{\"name\":\"{bench}\",\"shape\":\"{shape}\",\"ms\":{ms:.5},\
+                         \"gbps\":{gbps:.1},\"tflops\":{tflops:.2}}}"
+                    );
+                } else {
+                    println!(
+                        "{bench} {shape}: {ms:.4} ms, {tflops:.1} TFLOP/s ({:.0}% of \
+                         {GEMM_TFLOPS}){vs}",
+                        tflops / GEMM_TFLOPS * 100.0
+                    );
+                    println!(
+                        "BENCH {{\"name\":\"{bench}\",\"shape\":\"{shape}\",\"ms\":{ms:.5},\
+                         \"gbps\":null,\"tflops\":{tflops:.2}}}"
+                    );
+                }
             }
         }
     }

@@ -4,6 +4,12 @@
 //! with `--features cuda` and meant for a GPU machine: where there is no GPU or driver every test
 //! here fails, saying so. Plain outputs are poisoned with NaN first (beta = 0 must not read them);
 //! accumulated ones start from known values.
+//!
+//! Algorithm tuning (the first call for a shape times cuBLASLt's candidates on the real operands):
+//! tuned, cached and heuristic-only calls all match the CPU, a fused residual (beta = 1) is added
+//! exactly once per call even on the call that tunes, and nothing is tuned inside a CUDA graph
+//! capture. Shapes used by the tuning tests appear nowhere else here, so each test knows whether
+//! its call finds the shape cached (the cache is per process and the tests run in parallel).
 
 use crate::common;
 
@@ -11,7 +17,7 @@ use common::gpu_check::{compare, gpu, to_f32, to_t};
 
 use falcon_h1_kernels::cpu;
 use falcon_h1_kernels::cuda::conv1d::Strided;
-use falcon_h1_kernels::cuda::gemm::GemmDtype;
+use falcon_h1_kernels::cuda::gemm::{GemmDtype, GemmTune};
 use falcon_h1_kernels::cuda::{Gpu, GpuDtype};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -49,6 +55,22 @@ fn check<T: GemmDtype>(
     tol: f64,
     seed: u64,
 ) {
+    check_with::<T>(g, rows, k, n, layout, accumulate, tol, seed, GemmTune::Auto);
+}
+
+/// [`check`] with the algorithm picked as `tune` says.
+#[allow(clippy::too_many_arguments)]
+fn check_with<T: GemmDtype>(
+    g: &Gpu,
+    rows: usize,
+    k: usize,
+    n: usize,
+    layout: XLayout,
+    accumulate: bool,
+    tol: f64,
+    seed: u64,
+    tune: GemmTune,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let (offset, stride) = match layout {
         XLayout::Dense => (0, k),
@@ -84,11 +106,11 @@ fn check<T: GemmDtype>(
         offset,
         row_stride: stride,
     };
-    g.linear_into(view, &dw, &mut dout, rows, k, n, accumulate)
+    g.linear_into_with(view, &dw, &mut dout, rows, k, n, accumulate, tune)
         .unwrap();
     g.synchronize().unwrap();
     let what = format!(
-        "linear_{} x [{rows}, {k}] ({layout:?}) · w [{n}, {k}]^T{}",
+        "linear_{} x [{rows}, {k}] ({layout:?}) · w [{n}, {k}]^T{} ({tune:?})",
         T::SUFFIX,
         if accumulate { " + out" } else { "" }
     );
@@ -167,6 +189,150 @@ fn linear_cached_algorithm_matches_cpu() {
             seed + 10,
         );
     }
+}
+
+/// Each shape tuned (forced, with beta = 0 and beta = 1), then again from the cache, then with
+/// the heuristic's first choice only: every result matches the CPU, so the timing runs of the
+/// tuned call neither leave anything in a plain output nor add the residual more than once.
+#[test]
+fn linear_tuned_then_cached_adds_residual_once() {
+    let g = gpu();
+    let mut seed = 200;
+    for (rows, k, n, layout) in [
+        (1usize, 352usize, 328usize, XLayout::Dense),
+        (6, 416, 264, XLayout::Block { offset: 8, pad: 24 }),
+        (40, 288, 136, XLayout::Block { offset: 3, pad: 5 }),
+    ] {
+        for accumulate in [true, false] {
+            for tune in [GemmTune::Retune, GemmTune::Auto, GemmTune::Heuristic] {
+                seed += 1;
+                check_with::<half::bf16>(&g, rows, k, n, layout, accumulate, 1e-2, seed, tune);
+                check_with::<f32>(&g, rows, k, n, layout, accumulate, 1e-5, seed, tune);
+            }
+        }
+    }
+}
+
+/// `out += x · w^T` three times on one stream without waiting, the first call tuning the shape
+/// (its candidates' timing runs among the enqueued work) and the others taking the cached
+/// winner, then once with the heuristic's first: out = c0 + 4 x w^T, the residual chain
+/// intact.
+#[test]
+fn linear_accumulates_once_per_call_while_tuning() {
+    let g = gpu();
+    let (rows, k, n) = (3usize, 608usize, 232usize);
+    let mut rng = StdRng::seed_from_u64(300);
+    let x = draw::<f32>(&mut rng, rows * k, 1.0);
+    let w = draw::<f32>(&mut rng, n * k, 1.0 / (k as f32).sqrt());
+    let c0 = draw::<f32>(&mut rng, rows * n, 1.0);
+    let xw = cpu::linear(&x, &w, rows, k, n).unwrap();
+    let want: Vec<f32> = xw.iter().zip(&c0).map(|(&p, &c)| c + 4.0 * p).collect();
+
+    let dx = g.upload(&x).unwrap();
+    let dw = g.upload(&w).unwrap();
+    let mut dout = g.upload(&c0).unwrap();
+    for tune in [
+        GemmTune::Retune,
+        GemmTune::Auto,
+        GemmTune::Auto,
+        GemmTune::Heuristic,
+    ] {
+        g.linear_into_with(
+            Strided::dense(&dx, k),
+            &dw,
+            &mut dout,
+            rows,
+            k,
+            n,
+            true,
+            tune,
+        )
+        .unwrap();
+    }
+    g.synchronize().unwrap();
+    compare(
+        "linear_f32 4 x (out += x w^T), tuned then cached then heuristic",
+        &g.download(&dout).unwrap(),
+        &want,
+        n,
+        1e-5,
+    );
+}
+
+/// A GEMM captured into a CUDA graph on a shape known but not yet tuned: the capture must not
+/// tune (timing waits for the stream and allocates, which would break the capture); the graph
+/// then adds the residual once per launch, and the first call after the capture tunes the shape
+/// and still matches.
+#[test]
+fn linear_in_graph_capture_does_not_tune() {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let g = gpu();
+    let (rows, k, n) = (2usize, 736usize, 312usize);
+    let mut rng = StdRng::seed_from_u64(400);
+    let x = draw::<f32>(&mut rng, rows * k, 1.0);
+    let w = draw::<f32>(&mut rng, n * k, 1.0 / (k as f32).sqrt());
+    let c0 = draw::<f32>(&mut rng, rows * n, 1.0);
+    let xw = cpu::linear(&x, &w, rows, k, n).unwrap();
+    let plus =
+        |times: f32| -> Vec<f32> { xw.iter().zip(&c0).map(|(&p, &c)| c + times * p).collect() };
+
+    let dx = g.upload(&x).unwrap();
+    let dw = g.upload(&w).unwrap();
+    let mut dout = g.upload(&c0).unwrap();
+    // Outside the capture: the heuristic's first choice, cached untuned (and the workspace
+    // allocated if it needs one), as a model's first step would leave a shape it never tuned.
+    g.linear_into_with(
+        Strided::dense(&dx, k),
+        &dw,
+        &mut dout,
+        rows,
+        k,
+        n,
+        true,
+        GemmTune::Heuristic,
+    )
+    .unwrap();
+    g.synchronize().unwrap();
+
+    let stream = g.stream().clone();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    // Auto would tune this untuned shape outside a capture; inside it must not.
+    let r = g.linear_into(Strided::dense(&dx, k), &dw, &mut dout, rows, k, n, true);
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+    r.unwrap();
+    let graph = graph.unwrap().expect("the capture recorded the GEMM");
+    // Nothing ran yet: out holds c0 + x w^T.
+    compare(
+        "linear_f32 before the graph's launch",
+        &g.download(&dout).unwrap(),
+        &plus(1.0),
+        n,
+        1e-5,
+    );
+    graph.launch().unwrap();
+    g.synchronize().unwrap();
+    compare(
+        "linear_f32 out += x w^T captured in a graph, launched once",
+        &g.download(&dout).unwrap(),
+        &plus(2.0),
+        n,
+        1e-5,
+    );
+    graph.launch().unwrap();
+    // After the capture: this call tunes the shape (timing into a scratch output).
+    g.linear_into(Strided::dense(&dx, k), &dw, &mut dout, rows, k, n, true)
+        .unwrap();
+    g.synchronize().unwrap();
+    compare(
+        "linear_f32 graph launched twice, then tuned outside the capture",
+        &g.download(&dout).unwrap(),
+        &plus(4.0),
+        n,
+        1e-5,
+    );
+    drop(graph);
 }
 
 #[test]
