@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the GPU bundle for a machine with a GPU and no Rust (see README, "CUDA"): the shared
-# ../shared/gpu/bundle.sh, then only what needs a GPU is kept (the GPU test binary, the library's
-# CUDA unit tests, the GPU bench binary and the CLI; the CPU tests run in CI), stripped, so that the
-# bundle stays well under the 64 MiB a device call carries. Then, on the device:
+# ../shared/gpu/bundle.sh, then only what needs a GPU is kept (the GPU test binary, the GPU bench
+# binary and the CLI; the CPU tests and the library's unit tests, which need no GPU, run in CI),
+# stripped, so that the bundle (each binary embeds the ~13 MB fatbin) stays under the 64 MiB a
+# device call carries. Then, on the device:
 #   BENCH=1 bash .gpu-bundle/run.sh [filter]
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -10,7 +11,7 @@ eval "$(bash scripts/install-cuda-toolchain.sh --env)"
 bash ../shared/gpu/bundle.sh "$@"
 for f in .gpu-bundle/tests/* .gpu-bundle/benches/*; do
   case "$(basename "$f")" in
-    gpu-*|falcon_h1_kernels-*) strip "$f" ;;
+    gpu-*) strip "$f" ;;
     *) rm -f "$f" ;;
   esac
 done

@@ -55,7 +55,6 @@ run() {
         T=60 run "$t" cuda_gemm
       fi
     done
-    for t in .gpu-bundle/tests/falcon_h1_kernels-*; do T=60 run "$t" cuda::; done
   fi
   if [ "${QUICK:-0}" != 1 ]; then
     if [ "${SHORT:-0}" = 1 ]; then

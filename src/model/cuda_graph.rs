@@ -19,6 +19,9 @@ use crate::tensor::HostTensor;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 use std::cell::RefCell;
+
+/// Captures of one decode step tried before an invalidated capture is reported.
+const CAPTURE_ATTEMPTS: usize = 3;
 use std::rc::Rc;
 
 /// A captured decode step for a fixed list of slots (one token each per step).
@@ -91,32 +94,23 @@ impl<T: ModelDtype> HybridModel<CudaBackend<T>> {
         };
         cache.advance(&batch);
 
-        // The capture: the same launches on the same buffers; nothing runs.
-        CudaBackend::<T>::arena_replay(&arena);
-        let stream = be.gpu().stream().clone();
+        // The capture: the same launches on the same buffers; nothing runs. Another thread's
+        // work on the same device (an implicitly synchronising call) can invalidate a capture
+        // in progress; nothing ran, so such a capture is simply made again (a few times).
         let mut greedy = be.gpu().zeros::<i32>(slots.len())?;
-        be.gpu().synchronize()?;
-        let mut guard = CaptureGuard {
-            be,
-            capturing: false,
+        let mut attempt = 0;
+        let (graph, logits) = loop {
+            attempt += 1;
+            match self.capture_step(&arena, &prepared, &batch, cache, &mut greedy) {
+                Err(e)
+                    if attempt < CAPTURE_ATTEMPTS
+                        && e.to_string().contains("CAPTURE_INVALIDATED") =>
+                {
+                    continue
+                }
+                r => break r?,
+            }
         };
-        be.set_arena(Some(arena.clone()));
-        stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| Error::Cuda(format!("starting the decode graph capture: {e:?}")))?;
-        guard.capturing = true;
-        let logits = self
-            .run_prepared(&prepared, &batch, &mut cache.layers, Logits::Last, None)?
-            .ok_or_else(|| Error::Cuda("decode step returned no logits".into()))?;
-        let [rows, cols] = logits.shape();
-        be.gpu()
-            .argmax_rows_into(logits.view(), &mut greedy, rows, cols)?;
-        guard.capturing = false;
-        let graph = stream
-            .end_capture(CUgraphInstantiate_flags(0))
-            .map_err(|e| Error::Cuda(format!("ending the decode graph capture: {e:?}")))?
-            .ok_or_else(|| Error::Cuda("the decode graph capture recorded nothing".into()))?;
-        drop(guard);
         Ok((
             host,
             DecodeGraph {
@@ -128,6 +122,44 @@ impl<T: ModelDtype> HybridModel<CudaBackend<T>> {
                 slots: slots.to_vec(),
             },
         ))
+    }
+
+    /// One capture of the step recorded in `arena` (see [`HybridModel::capture_decode`]), the
+    /// greedy argmax of its logits into `greedy` included.
+    fn capture_step(
+        &self,
+        arena: &Rc<RefCell<Arena<T>>>,
+        prepared: &CudaBatch<T>,
+        batch: &super::batch::SeqBatch,
+        cache: &mut HybridCache<CudaBackend<T>>,
+        greedy: &mut cudarc::driver::CudaSlice<i32>,
+    ) -> Result<(CudaGraph, CudaTensor<T>)> {
+        let be = self.backend();
+        CudaBackend::<T>::arena_replay(arena);
+        let stream = be.gpu().stream().clone();
+        be.gpu().synchronize()?;
+        let mut guard = CaptureGuard {
+            be,
+            capturing: false,
+        };
+        be.set_arena(Some(arena.clone()));
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| Error::Cuda(format!("starting the decode graph capture: {e:?}")))?;
+        guard.capturing = true;
+        let logits = self
+            .run_prepared(prepared, batch, &mut cache.layers, Logits::Last, None)?
+            .ok_or_else(|| Error::Cuda("decode step returned no logits".into()))?;
+        let [rows, cols] = logits.shape();
+        be.gpu()
+            .argmax_rows_into(logits.view(), greedy, rows, cols)?;
+        guard.capturing = false;
+        let graph = stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(|e| Error::Cuda(format!("ending the decode graph capture: {e:?}")))?
+            .ok_or_else(|| Error::Cuda("the decode graph capture recorded nothing".into()))?;
+        drop(guard);
+        Ok((graph, logits))
     }
 
     /// The next decode step of `graph`'s slots (`tokens[i]` for `graph.slots()[i]`), by
