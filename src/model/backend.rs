@@ -216,16 +216,4 @@ pub trait Backend {
 
     /// Copies a tensor to the host as f32 `[rows, cols]`.
     fn to_host(&self, x: &Self::Tensor) -> Result<HostTensor>;
-
-    /// Greedy choice per row of `x [rows, cols]`: the column of each row's largest value (the
-    /// first on ties, NaN never wins), as [`super::generate::argmax`] does. The default copies
-    /// `x` to the host; a device backend reduces on the device and copies back `rows` ints.
-    fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<u32>> {
-        let h = self.to_host(x)?;
-        let cols = h.shape[1];
-        Ok(h.data
-            .chunks(cols.max(1))
-            .map(super::generate::argmax)
-            .collect())
-    }
 }

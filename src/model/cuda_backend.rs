@@ -966,14 +966,6 @@ impl<T: ModelDtype> Backend for CudaBackend<T> {
         self.gpu.peak_memory().ok()
     }
 
-    fn argmax_rows(&self, x: &CudaTensor<T>) -> Result<Vec<u32>> {
-        let mut ids = self.g().zeros::<i32>(x.rows)?;
-        self.g()
-            .argmax_rows_into(x.view(), &mut ids, x.rows, x.cols)?;
-        let host = self.g().download(&ids)?;
-        Ok(host.into_iter().map(|i| i as u32).collect())
-    }
-
     fn to_host(&self, x: &CudaTensor<T>) -> Result<HostTensor> {
         let x = self.densify(x, "copy to host")?;
         let data = self.g().download(x.dense().expect("densified"))?;
